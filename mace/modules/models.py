@@ -1,0 +1,195 @@
+"""MACE and ScaleShiftMACE: the energy models, built from hyperparameters or unpickled.
+
+An unpickled upstream file restores attributes without running ``__init__``; ``forward``
+therefore only uses submodules and buffers present in every writer version, and treats
+the newer multi-head layouts (``atomic_energies`` [heads, elements], ``scale`` [heads])
+the same as the older scalar ones.
+"""
+from typing import Callable, Dict, List, Optional, Sequence, Type, Union
+
+import numpy as np
+import torch
+from e3nn import o3
+
+from mace.modules.blocks import (
+    AtomicEnergiesBlock,
+    EquivariantProductBasisBlock,
+    InteractionBlock,
+    LinearNodeEmbeddingBlock,
+    LinearReadoutBlock,
+    NonLinearReadoutBlock,
+    RadialEmbeddingBlock,
+    ScaleShiftBlock,
+)
+from mace.modules.utils import (
+    edge_vectors_and_lengths,
+    forces_and_virials,
+    scatter_sum,
+    symmetric_strain,
+)
+
+Batch = Dict[str, torch.Tensor]
+
+
+class MACE(torch.nn.Module):
+    """Sum of per-layer readouts of equivariant many-body features, plus E0s.
+
+    The last layer keeps only scalar features (hidden_irreps' 0e block) and reads out
+    through a small MLP; earlier layers read out linearly.
+    """
+
+    def __init__(
+        self,
+        r_max: float,
+        num_bessel: int,
+        num_polynomial_cutoff: int,
+        max_ell: int,
+        interaction_cls: Type[InteractionBlock],
+        interaction_cls_first: Type[InteractionBlock],
+        num_interactions: int,
+        num_elements: int,
+        hidden_irreps: o3.Irreps,
+        MLP_irreps: o3.Irreps,
+        atomic_energies: np.ndarray,
+        avg_num_neighbors: float,
+        atomic_numbers: Sequence[int],
+        correlation: Union[int, Sequence[int]],
+        gate: Optional[Callable],
+        radial_MLP: Optional[List[int]] = None,
+    ) -> None:
+        super().__init__()
+        hidden_irreps = o3.Irreps(hidden_irreps)
+        correlations = [correlation] * num_interactions if isinstance(correlation, int) else list(correlation)
+        radial_MLP = [64, 64, 64] if radial_MLP is None else list(radial_MLP)
+        self.register_buffer("atomic_numbers", torch.tensor(list(atomic_numbers), dtype=torch.int64))
+        self.register_buffer("r_max", torch.tensor(r_max, dtype=torch.get_default_dtype()))
+        self.register_buffer("num_interactions", torch.tensor(num_interactions, dtype=torch.int64))
+
+        node_attrs_irreps = o3.Irreps([(num_elements, (0, 1))])
+        num_channels = hidden_irreps.count(o3.Irrep(0, 1))
+        scalar_irreps = o3.Irreps([(num_channels, (0, 1))])
+        self.node_embedding = LinearNodeEmbeddingBlock(node_attrs_irreps, scalar_irreps)
+        self.radial_embedding = RadialEmbeddingBlock(r_max, num_bessel, num_polynomial_cutoff)
+        edge_feats_irreps = o3.Irreps(f"{self.radial_embedding.out_dim}x0e")
+        sh_irreps = o3.Irreps.spherical_harmonics(max_ell)
+        self.spherical_harmonics = o3.SphericalHarmonics(sh_irreps, normalize=True, normalization="component")
+        interaction_irreps = (sh_irreps * num_channels).sort()[0].simplify()
+        self.atomic_energies_fn = AtomicEnergiesBlock(atomic_energies)
+
+        self.interactions = torch.nn.ModuleList()
+        self.products = torch.nn.ModuleList()
+        self.readouts = torch.nn.ModuleList()
+        node_feats_irreps = scalar_irreps
+        for layer in range(num_interactions):
+            is_last = layer == num_interactions - 1
+            layer_irreps = o3.Irreps(str(hidden_irreps[0])) if is_last else hidden_irreps
+            block_cls = interaction_cls_first if layer == 0 else interaction_cls
+            interaction = block_cls(
+                node_attrs_irreps=node_attrs_irreps,
+                node_feats_irreps=node_feats_irreps,
+                edge_attrs_irreps=sh_irreps,
+                edge_feats_irreps=edge_feats_irreps,
+                target_irreps=interaction_irreps,
+                hidden_irreps=layer_irreps,
+                avg_num_neighbors=avg_num_neighbors,
+                radial_MLP=radial_MLP,
+            )
+            self.interactions.append(interaction)
+            self.products.append(
+                EquivariantProductBasisBlock(
+                    node_feats_irreps=interaction_irreps,
+                    target_irreps=layer_irreps,
+                    correlation=correlations[layer],
+                    num_elements=num_elements,
+                    use_sc="Residual" in block_cls.__name__,
+                )
+            )
+            if is_last:
+                self.readouts.append(NonLinearReadoutBlock(layer_irreps, o3.Irreps(MLP_irreps), gate))
+            else:
+                self.readouts.append(LinearReadoutBlock(layer_irreps))
+            node_feats_irreps = layer_irreps
+
+    def forward(
+        self,
+        data: Batch,
+        training: bool = False,
+        compute_force: bool = True,
+        compute_virials: bool = False,
+        compute_stress: bool = False,
+    ) -> Dict[str, Optional[torch.Tensor]]:
+        """Energies per graph, node energies, and forces / virials / stress by autograd."""
+        num_graphs = data["ptr"].numel() - 1
+        batch = data["batch"]
+        node_attrs = data["node_attrs"]
+        node_heads = data["head"][batch] if "head" in data else torch.zeros_like(batch)
+        positions = data["positions"]
+        shifts = data["shifts"]
+        strain = None
+        if compute_virials or compute_stress:
+            positions, shifts, strain = symmetric_strain(
+                positions, data["unit_shifts"], data["cell"], data["edge_index"], batch, num_graphs
+            )
+        elif compute_force:
+            positions.requires_grad_(True)
+
+        node_e0 = self.atomic_energies_fn(node_attrs).gather(1, node_heads.unsqueeze(1)).squeeze(1)
+        node_interaction_energies = self._layer_node_energies(data, node_attrs, positions, shifts)
+        node_inter = self._combine_layer_energies(node_interaction_energies, node_heads)
+        node_energy = node_e0 + node_inter
+        contributions = torch.stack(
+            [scatter_sum(node_e0, batch, num_graphs)]
+            + [scatter_sum(e, batch, num_graphs) for e in node_interaction_energies],
+            dim=-1,
+        )
+        interaction_energy = scatter_sum(node_inter, batch, num_graphs)
+        energy = scatter_sum(node_e0, batch, num_graphs) + interaction_energy
+
+        forces = virials = stress = None
+        if compute_force or strain is not None:
+            forces, virials, stress = forces_and_virials(energy, positions, strain, data["cell"], training)
+        return {
+            "energy": energy,
+            "node_energy": node_energy,
+            "interaction_energy": interaction_energy,
+            "contributions": contributions,
+            "forces": forces,
+            "virials": virials,
+            "stress": stress,
+        }
+
+    def _layer_node_energies(
+        self, data: Batch, node_attrs: torch.Tensor, positions: torch.Tensor, shifts: torch.Tensor
+    ) -> List[torch.Tensor]:
+        """Run the message-passing layers; one [n_nodes] readout energy per layer."""
+        edge_index = data["edge_index"]
+        vectors, lengths = edge_vectors_and_lengths(positions, edge_index, shifts)
+        edge_attrs = self.spherical_harmonics(vectors)
+        edge_feats = self.radial_embedding(lengths)
+        node_feats = self.node_embedding(node_attrs)
+        energies = []
+        for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
+            node_feats, self_connection = interaction(
+                node_attrs=node_attrs,
+                node_feats=node_feats,
+                edge_attrs=edge_attrs,
+                edge_feats=edge_feats,
+                edge_index=edge_index,
+            )
+            node_feats = product(node_feats=node_feats, self_connection=self_connection, node_attrs=node_attrs)
+            energies.append(readout(node_feats).squeeze(-1))
+        return energies
+
+    def _combine_layer_energies(self, layer_energies: List[torch.Tensor], node_heads: torch.Tensor) -> torch.Tensor:
+        return torch.stack(layer_energies, dim=0).sum(dim=0)
+
+
+class ScaleShiftMACE(MACE):
+    """MACE whose interaction energies are predicted in scaled units: E_i = E0 + scale * e_i + shift."""
+
+    def __init__(self, atomic_inter_scale: float, atomic_inter_shift: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scale_shift = ScaleShiftBlock(scale=atomic_inter_scale, shift=atomic_inter_shift)
+
+    def _combine_layer_energies(self, layer_energies: List[torch.Tensor], node_heads: torch.Tensor) -> torch.Tensor:
+        return self.scale_shift(super()._combine_layer_energies(layer_energies, node_heads), node_heads)
