@@ -1,0 +1,83 @@
+"""Parameter-efficient fine-tuning of a frozen MACE foundation model: the one place for adapters.
+
+Methods: 'mmea' (magnitude-modulated equivariant adapters, the default), 'elora'
+(equivariant low-rank updates) and 'none' (full fine-tuning). :func:`inject_adapters`
+decides, once, which parameters train (``requires_grad``); training code only ever asks
+``p.requires_grad``.
+"""
+from typing import Dict, List, Optional, Tuple, Type, Union
+
+import torch
+
+from mace.adapters.config import ELoRAConfig, MMEAConfig
+from mace.adapters.elora import LowRankUpdate, inject_elora, make_radial_basis_trainable, merge_elora
+from mace.adapters.mmea import MMEALinear, inject_mmea, mmea_banner
+from mace.modules.models import MACE
+
+AdapterSettings = Optional[Union[MMEAConfig, ELoRAConfig]]
+SETTINGS_CLASSES: Dict[str, Optional[Type]] = {"mmea": MMEAConfig, "elora": ELoRAConfig, "none": None}
+ADAPTER_MODULES = (MMEALinear, LowRankUpdate)
+
+
+def default_settings(method: str) -> AdapterSettings:
+    if method not in SETTINGS_CLASSES:
+        raise ValueError(f"unknown adapter method {method!r}; choose one of {', '.join(SETTINGS_CLASSES)}")
+    settings_class = SETTINGS_CLASSES[method]
+    return None if settings_class is None else settings_class()
+
+
+def _train_everything(model: MACE) -> MACE:
+    """Full fine-tuning: every weight (and the Bessel frequencies) trains."""
+    make_radial_basis_trainable(model)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return model
+
+
+def inject_adapters(model: MACE, method: str, settings: AdapterSettings = None) -> MACE:
+    """Prepare ``model`` (in place) for fine-tuning with ``method``; ``settings=None``: defaults."""
+    settings = default_settings(method) if settings is None else settings
+    expected = SETTINGS_CLASSES[method]
+    if expected is not None and not isinstance(settings, expected):
+        raise TypeError(f"adapter method {method!r} takes {expected.__name__}, not {type(settings).__name__}")
+    if method == "mmea":
+        return inject_mmea(model, settings)
+    if method == "elora":
+        return inject_elora(model, settings)
+    return _train_everything(model)
+
+
+def count_trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _owner(name: str, adapter_paths: List[str]) -> str:
+    """The adapter a parameter belongs to, else the module that holds it."""
+    module_path = name.rpartition(".")[0]
+    for path in adapter_paths:
+        if module_path == path or module_path.startswith(path + "."):
+            return path
+    return module_path
+
+
+def trainable_parameter_table(model: torch.nn.Module) -> List[Tuple[str, int]]:
+    """(module path, trainable parameter count) rows, one per adapter or holding module."""
+    adapter_paths = [path for path, m in model.named_modules() if isinstance(m, ADAPTER_MODULES)]
+    counts: Dict[str, int] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            owner = _owner(name, adapter_paths)
+            counts[owner] = counts.get(owner, 0) + parameter.numel()
+    return list(counts.items())
+
+
+__all__ = [
+    "ELoRAConfig",
+    "MMEAConfig",
+    "count_trainable",
+    "default_settings",
+    "inject_adapters",
+    "merge_elora",
+    "mmea_banner",
+    "trainable_parameter_table",
+]

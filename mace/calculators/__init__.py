@@ -1,0 +1,4 @@
+"""ASE calculators."""
+from mace.calculators.mace import MACECalculator
+
+__all__ = ["MACECalculator"]

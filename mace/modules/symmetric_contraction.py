@@ -72,17 +72,26 @@ class Contraction(torch.nn.Module):
         return getattr(self, f"U_matrix_{nu}")
 
     def forward(self, node_feats: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
-        """node_feats: [n, channels, sum dims], node_attrs: [n, n_elements] -> [n, channels * (2L+1)]"""
-        result = torch.einsum(
-            "...ik,ekc,bci,be->bc...",
-            self.coupling_matrix(self.correlation),
-            self.weights_max,
-            node_feats,
-            node_attrs,
-        )
-        for nu, weights in zip(range(self.correlation - 1, 0, -1), self.weights):
-            coefficients = torch.einsum(
-                "...k,ekc,be->bc...", self.coupling_matrix(nu), weights, node_attrs
-            )
-            result = torch.einsum("bc...i,bci->bc...", result + coefficients, node_feats)
-        return result.reshape(result.shape[0], -1)
+        """node_feats: [n, channels, sum dims], node_attrs: [n, n_elements] -> [n, channels * (2L+1)]
+
+        Per-node weights are selected first; the highest order is then a single matrix
+        product over (input component, parameter) pairs, which keeps the work in BLAS
+        instead of materialising U contracted with the weights of every element.
+        """
+        num_nodes, num_channels, _ = node_feats.shape
+        basis = self.coupling_matrix(self.correlation)
+        weights = _node_weights(self.weights_max, node_attrs)
+        pairs = node_feats.unsqueeze(-1) * weights.unsqueeze(2)
+        result = pairs.reshape(num_nodes * num_channels, -1) @ basis.reshape(-1, pairs.shape[2] * pairs.shape[3]).T
+        for nu, order_weights in zip(range(self.correlation - 1, 0, -1), self.weights):
+            basis = self.coupling_matrix(nu)
+            coefficients = _node_weights(order_weights, node_attrs).reshape(num_nodes * num_channels, -1)
+            result = result + coefficients @ basis.reshape(-1, basis.shape[-1]).T
+            result = result.reshape(num_nodes * num_channels, -1, node_feats.shape[-1])
+            result = (result @ node_feats.reshape(num_nodes * num_channels, -1, 1)).squeeze(-1)
+        return result.reshape(num_nodes, -1)
+
+
+def _node_weights(weights: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
+    """Element-dependent weights [elements, params, channels] -> per node [n, channels, params]."""
+    return torch.einsum("be,ekc->bck", node_attrs, weights)

@@ -1,0 +1,319 @@
+"""Labelled structures read from extended XYZ files, train/valid splits and reference energies.
+
+Everything a user can get wrong here (missing file, malformed frame, missing label key,
+unknown element) raises :class:`~mace.tools.errors.UserInputError` naming the file, frame
+index and key, so the command line can report it in one sentence.
+"""
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
+
+import ase.io
+import numpy as np
+from ase import Atoms
+
+from mace.tools.atomic_numbers import AtomicNumberTable
+from mace.tools.errors import UserInputError
+
+T = TypeVar("T")
+
+DEFAULT_CONFIG_TYPE = "Default"
+ISOLATED_ATOM_CONFIG_TYPE = "IsolatedAtom"
+
+
+def to_3x3(values: Any, name: str) -> np.ndarray:
+    """Stress/virial as a 3x3 matrix from 3x3, 9 values, or Voigt-6 (xx, yy, zz, yz, xz, xy)."""
+    array = np.asarray(values, dtype=float)
+    if array.size == 9:
+        return array.reshape(3, 3)
+    if array.size == 6:
+        xx, yy, zz, yz, xz, xy = array.ravel()
+        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    raise UserInputError(f"'{name}' has {array.size} values; expected 6 (Voigt) or 9 (3x3).")
+
+
+@dataclass
+class Configuration:
+    """One structure with its optional labels and the loss weights that go with them.
+
+    A weight of a label that is absent is forced to 0 so that the loss ignores the zero
+    placeholder the graph carries instead.
+    """
+
+    atomic_numbers: np.ndarray
+    positions: np.ndarray
+    energy: Optional[float] = None
+    forces: Optional[np.ndarray] = None
+    stress: Optional[np.ndarray] = None
+    virials: Optional[np.ndarray] = None
+    cell: np.ndarray = field(default_factory=lambda: np.zeros((3, 3)))
+    pbc: Tuple[bool, bool, bool] = (False, False, False)
+    weight: float = 1.0
+    energy_weight: float = 1.0
+    forces_weight: float = 1.0
+    stress_weight: float = 1.0
+    virials_weight: float = 1.0
+    config_type: str = DEFAULT_CONFIG_TYPE
+
+    def __post_init__(self) -> None:
+        self.atomic_numbers = np.asarray(self.atomic_numbers, dtype=np.int64).reshape(-1)
+        self.positions = np.asarray(self.positions, dtype=float).reshape(-1, 3)
+        self.cell = np.asarray(self.cell, dtype=float).reshape(3, 3)
+        self.pbc = tuple(bool(p) for p in self.pbc)
+        if self.stress is not None:
+            self.stress = to_3x3(self.stress, "stress")
+        if self.virials is not None:
+            self.virials = to_3x3(self.virials, "virials")
+        self._zero_weights_of_absent_labels()
+
+    def _zero_weights_of_absent_labels(self) -> None:
+        for label in ("energy", "forces", "stress", "virials"):
+            if getattr(self, label) is None:
+                setattr(self, f"{label}_weight", 0.0)
+
+    @property
+    def num_atoms(self) -> int:
+        return len(self.atomic_numbers)
+
+
+def _lookup(atoms: Atoms, key: str) -> Optional[Any]:
+    """Value stored under ``key`` in info, arrays, or the calculator.
+
+    ASE >= 3.23 moves the standard names (energy, forces, stress, ...) out of info/arrays
+    into a SinglePointCalculator when reading extxyz, so all three places are searched.
+    """
+    if key in atoms.info:
+        return atoms.info[key]
+    if key in atoms.arrays:
+        return atoms.arrays[key]
+    return _calculator_results(atoms).get(key)
+
+
+def _calculator_results(atoms: Atoms) -> Dict[str, Any]:
+    return getattr(atoms.calc, "results", None) or {}
+
+
+def available_keys(atoms: Atoms) -> List[str]:
+    """Names a user could pass as label keys for this frame, for error messages."""
+    keys = set(atoms.info) | (set(atoms.arrays) - {"numbers", "positions"})
+    return sorted(keys | set(_calculator_results(atoms)))
+
+
+def _read_energy(atoms: Atoms, key: str) -> Optional[float]:
+    value = _lookup(atoms, key)
+    if value is None:
+        return None
+    try:
+        return float(np.asarray(value, dtype=float).item())
+    except (TypeError, ValueError):
+        raise UserInputError(f"energy '{key}' is {value!r}, not a number.") from None
+
+
+def _read_forces(atoms: Atoms, key: str) -> Optional[np.ndarray]:
+    value = _lookup(atoms, key)
+    if value is None:
+        return None
+    forces = np.asarray(value, dtype=float)
+    if forces.shape != (len(atoms), 3):
+        raise UserInputError(
+            f"forces '{key}' have shape {forces.shape}, expected ({len(atoms)}, 3)."
+        )
+    return forces
+
+
+def _read_matrix(atoms: Atoms, key: str) -> Optional[np.ndarray]:
+    value = _lookup(atoms, key)
+    return None if value is None else to_3x3(value, key)
+
+
+def _check_geometry(atoms: Atoms) -> None:
+    if len(atoms) == 0:
+        raise UserInputError("the structure has no atoms.")
+    for axis, periodic in enumerate(atoms.pbc):
+        if periodic and not np.any(atoms.cell[axis]):
+            raise UserInputError(
+                f"the structure is periodic along cell vector {axis} (pbc={atoms.pbc.tolist()}) "
+                "but that vector is zero; give a Lattice or set pbc to F there."
+            )
+
+
+def config_from_atoms(
+    atoms: Atoms,
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+    stress_key: str = "stress",
+    virials_key: str = "virials",
+    config_type_weights: Optional[Dict[str, float]] = None,
+) -> Configuration:
+    """Configuration from one ASE frame; missing labels become None with zero loss weight.
+
+    The overall weight is the frame's ``config_weight`` (default 1) times the weight of its
+    ``config_type``; ``config_energy_weight`` etc. in the info scale single labels, as upstream.
+    """
+    _check_geometry(atoms)
+    config_type = str(atoms.info.get("config_type", DEFAULT_CONFIG_TYPE))
+    type_weights = config_type_weights or {}
+    info = atoms.info
+    return Configuration(
+        atomic_numbers=atoms.get_atomic_numbers(),
+        positions=atoms.get_positions(),
+        energy=_read_energy(atoms, energy_key),
+        forces=_read_forces(atoms, forces_key),
+        stress=_read_matrix(atoms, stress_key),
+        virials=_read_matrix(atoms, virials_key),
+        cell=np.array(atoms.get_cell()),
+        pbc=tuple(atoms.get_pbc()),
+        weight=float(info.get("config_weight", 1.0)) * type_weights.get(config_type, 1.0),
+        energy_weight=float(info.get("config_energy_weight", 1.0)),
+        forces_weight=float(info.get("config_forces_weight", 1.0)),
+        stress_weight=float(info.get("config_stress_weight", 1.0)),
+        virials_weight=float(info.get("config_virials_weight", 1.0)),
+        config_type=config_type,
+    )
+
+
+def read_frames(path: str) -> List[Atoms]:
+    """All frames of an extxyz file, turning every parser failure into a UserInputError."""
+    if not os.path.exists(path):
+        raise UserInputError(f"Data file {path} does not exist.")
+    if not os.path.isfile(path):
+        raise UserInputError(f"Data file {path} is not a regular file.")
+    frames: List[Atoms] = []
+    try:
+        for atoms in ase.io.iread(path, index=":", format="extxyz"):
+            frames.append(atoms)
+    except KeyError as error:
+        raise UserInputError(
+            f"{path} frame {len(frames)} has unknown chemical symbol {error.args[0]!r}."
+        ) from None
+    except (OSError, ValueError, IndexError, TypeError) as error:
+        raise UserInputError(
+            f"{path} is not a valid extended XYZ file: {error} "
+            f"(at or after frame {len(frames)})."
+        ) from None
+    if not frames:
+        raise UserInputError(f"Data file {path} contains no configurations.")
+    return frames
+
+
+def _is_isolated_atom(config: Configuration) -> bool:
+    return config.num_atoms == 1 and config.config_type == ISOLATED_ATOM_CONFIG_TYPE
+
+
+def load_from_xyz(
+    path: str,
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+    stress_key: str = "stress",
+    virials_key: str = "virials",
+    config_type_weights: Optional[Dict[str, float]] = None,
+    extract_atomic_energies: bool = False,
+    keep_isolated_atoms: bool = False,
+    require_energy: bool = True,
+) -> Tuple[Dict[int, float], List[Configuration]]:
+    """Read every frame of an extxyz file as a Configuration.
+
+    With ``extract_atomic_energies``, single-atom frames of config_type ``IsolatedAtom``
+    provide the isolated-atom energies E0 (returned as {Z: energy}) and, as upstream, are
+    removed from the configurations unless ``keep_isolated_atoms``. Without it they are
+    ordinary configurations (as upstream does for validation and test files).
+    """
+    atomic_energies: Dict[int, float] = {}
+    configs: List[Configuration] = []
+    for index, atoms in enumerate(read_frames(path)):
+        try:
+            config = config_from_atoms(
+                atoms, energy_key, forces_key, stress_key, virials_key, config_type_weights
+            )
+        except UserInputError as error:
+            raise UserInputError(f"{path} frame {index}: {error}") from None
+        if config.energy is None and require_energy:
+            raise UserInputError(
+                f"{path} frame {index} has no '{energy_key}' energy "
+                f"(keys present: {', '.join(available_keys(atoms)) or 'none'})."
+            )
+        if extract_atomic_energies and _is_isolated_atom(config):
+            atomic_energies[int(config.atomic_numbers[0])] = _isolated_energy(config, path, index)
+            if not keep_isolated_atoms:
+                continue
+        configs.append(config)
+    if atomic_energies:
+        logging.info("Using isolated atom energies from %s: %s", path, atomic_energies)
+    return atomic_energies, configs
+
+
+def _isolated_energy(config: Configuration, path: str, index: int) -> float:
+    if config.energy is None:
+        raise UserInputError(f"{path} frame {index} is an isolated atom without an energy.")
+    return config.energy
+
+
+def check_labels(
+    configs: Sequence[Configuration], need_forces: bool, path: str, forces_key: str = "forces"
+) -> None:
+    """Refuse a data set that cannot train the requested loss (no forces anywhere)."""
+    if need_forces and not any(config.forces is not None for config in configs):
+        raise UserInputError(
+            f"{path} has no forces under key '{forces_key}' in any frame, but the loss needs "
+            "forces; pass the right --forces_key or choose an energy-only loss."
+        )
+
+
+def random_train_valid_split(
+    items: Sequence[T], valid_fraction: float, seed: int
+) -> Tuple[List[T], List[T], List[int]]:
+    """Split reproducibly into (train, valid, valid_indices) for a given seed.
+
+    Uses the same generator and arithmetic as upstream MACE (``np.random.default_rng(seed)``
+    shuffling ``range(n)``; validation size ``int(valid_fraction * n)``, taken from the end),
+    so the same seed selects the same validation frames as an upstream run.
+    """
+    if not 0.0 < valid_fraction < 1.0:
+        raise UserInputError(
+            f"valid_fraction must be between 0 and 1 (exclusive), got {valid_fraction}."
+        )
+    size = len(items)
+    train_size = size - int(valid_fraction * size)
+    if train_size == size or train_size == 0:
+        raise UserInputError(
+            f"valid_fraction {valid_fraction} of {size} configurations leaves an empty "
+            f"{'validation' if train_size == size else 'training'} set."
+        )
+    indices = list(range(size))
+    np.random.default_rng(seed).shuffle(indices)
+    train = [items[i] for i in indices[:train_size]]
+    valid_indices = indices[train_size:]
+    return train, [items[i] for i in valid_indices], valid_indices
+
+
+def group_by_config_type(
+    configs: Iterable[Configuration],
+) -> List[Tuple[str, List[Configuration]]]:
+    """Configurations grouped by config_type, groups in order of first appearance."""
+    groups: Dict[str, List[Configuration]] = {}
+    for config in configs:
+        groups.setdefault(config.config_type, []).append(config)
+    return list(groups.items())
+
+
+def compute_average_e0s(
+    configs: Sequence[Configuration], z_table: AtomicNumberTable
+) -> Dict[int, float]:
+    """Per-element reference energies E0 from a least-squares fit E ~ sum_z n_z E0_z.
+
+    Frames without an energy are left out. When the composition matrix is rank deficient
+    (e.g. rMD17, where every frame is the same molecule) ``numpy.linalg.lstsq`` returns the
+    minimum-norm solution, exactly as upstream: the E0s then split the mean molecular
+    energy over the elements in proportion to their counts rather than being physical.
+    """
+    labelled = [config for config in configs if config.energy is not None]
+    if not labelled:
+        raise UserInputError("Cannot compute average E0s: no configuration has an energy.")
+    counts = np.array(
+        [[np.count_nonzero(c.atomic_numbers == z) for z in z_table.zs] for c in labelled],
+        dtype=float,
+    )
+    energies = np.array([config.energy for config in labelled], dtype=float)
+    e0s = np.linalg.lstsq(counts, energies, rcond=None)[0]
+    return {z: float(e0) for z, e0 in zip(z_table.zs, e0s)}

@@ -1,0 +1,63 @@
+"""Batching graphs into one disconnected graph, without torch_geometric.
+
+Rule for every key: 0-d tensors (per-graph scalars) are stacked to (G,), everything else is
+concatenated along dim 0, and ``edge_index`` is offset by the nodes of earlier graphs. So
+``cell`` (3, 3) becomes (3G, 3) and ``stress`` (1, 3, 3) becomes (G, 3, 3), as upstream.
+"""
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch.utils.data import DataLoader
+
+Graph = Dict[str, torch.Tensor]
+
+
+def _node_offsets(graphs: Sequence[Graph]) -> torch.Tensor:
+    sizes = torch.tensor([graph["positions"].shape[0] for graph in graphs], dtype=torch.long)
+    return torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(sizes, dim=0)])
+
+
+def _collate_key(key: str, graphs: Sequence[Graph], ptr: torch.Tensor) -> torch.Tensor:
+    values = [graph[key] for graph in graphs]
+    if key == "edge_index":
+        return torch.cat([edges + offset for edges, offset in zip(values, ptr[:-1])], dim=1)
+    if values[0].dim() == 0:
+        return torch.stack(values)
+    return torch.cat(values, dim=0)
+
+
+def collate_graphs(graphs: List[Graph]) -> Graph:
+    """One batch: the graphs' keys merged, plus ``batch`` (graph of each node) and ``ptr``."""
+    ptr = _node_offsets(graphs)
+    batch = {key: _collate_key(key, graphs, ptr) for key in graphs[0]}
+    sizes = ptr[1:] - ptr[:-1]
+    batch["batch"] = torch.repeat_interleave(torch.arange(len(graphs)), sizes)
+    batch["ptr"] = ptr
+    return batch
+
+
+def batch_to_device(batch: Graph, device: Union[torch.device, str]) -> Graph:
+    """Copy of ``batch`` with every tensor on ``device``."""
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def make_loader(
+    graphs: Sequence[Graph],
+    batch_size: int,
+    shuffle: bool,
+    drop_last: bool = False,
+    seed: Optional[int] = None,
+) -> DataLoader:
+    """DataLoader over graphs; with a ``seed`` the shuffling order is reproducible."""
+    generator = None
+    if seed is not None:
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+    return DataLoader(
+        list(graphs),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        collate_fn=collate_graphs,
+        generator=generator,
+    )

@@ -1,0 +1,135 @@
+"""Training losses over a batch (weighted by configuration and per-label weights).
+
+Conventions as upstream: 'ef' compares total energies, the weighted losses compare
+energies per atom; forces always per component; stress per component; virials per atom.
+"""
+from typing import Dict, Optional
+
+import torch
+
+Batch = Dict[str, torch.Tensor]
+Output = Dict[str, Optional[torch.Tensor]]
+
+
+def _atoms_per_graph(batch: Batch) -> torch.Tensor:
+    return (batch["ptr"][1:] - batch["ptr"][:-1]).to(batch["energy"].dtype)
+
+
+def _per_node(batch: Batch, per_graph: torch.Tensor) -> torch.Tensor:
+    """Broadcast a per-graph weight to nodes, shaped [n_nodes, 1] for force components."""
+    return per_graph[batch["batch"]].unsqueeze(-1)
+
+
+def energy_squared_error(batch: Batch, output: Output, per_atom: bool, weighted: bool) -> torch.Tensor:
+    difference = batch["energy"] - output["energy"]
+    if per_atom:
+        difference = difference / _atoms_per_graph(batch)
+    weights = batch["weight"] * batch["energy_weight"] if weighted else torch.ones_like(difference)
+    return torch.mean(weights * difference.square())
+
+
+def forces_squared_error(batch: Batch, output: Output) -> torch.Tensor:
+    weights = _per_node(batch, batch["weight"] * batch["forces_weight"])
+    return torch.mean(weights * (batch["forces"] - output["forces"]).square())
+
+
+def stress_squared_error(batch: Batch, output: Output) -> torch.Tensor:
+    weights = (batch["weight"] * batch["stress_weight"]).view(-1, 1, 1)
+    return torch.mean(weights * (batch["stress"] - output["stress"]).square())
+
+
+def virials_squared_error(batch: Batch, output: Output) -> torch.Tensor:
+    weights = (batch["weight"] * batch["virials_weight"]).view(-1, 1, 1)
+    atoms = _atoms_per_graph(batch).view(-1, 1, 1)
+    return torch.mean(weights * ((batch["virials"] - output["virials"]) / atoms).square())
+
+
+class EnergyForcesLoss(torch.nn.Module):
+    """'ef': w_E * mean (E - E_ref)^2 + w_F * mean |F - F_ref|^2 (configuration weights apply to forces)."""
+
+    def __init__(self, energy_weight: float, forces_weight: float) -> None:
+        super().__init__()
+        self.energy_weight = energy_weight
+        self.forces_weight = forces_weight
+
+    def forward(self, batch: Batch, output: Output) -> torch.Tensor:
+        return self.energy_weight * energy_squared_error(
+            batch, output, per_atom=False, weighted=False
+        ) + self.forces_weight * forces_squared_error(batch, output)
+
+
+class WeightedEnergyForcesLoss(EnergyForcesLoss):
+    """'weighted': per-atom energy errors, both terms weighted per configuration."""
+
+    def forward(self, batch: Batch, output: Output) -> torch.Tensor:
+        return self.energy_weight * energy_squared_error(
+            batch, output, per_atom=True, weighted=True
+        ) + self.forces_weight * forces_squared_error(batch, output)
+
+
+class WeightedForcesLoss(torch.nn.Module):
+    """'forces_only': energies do not enter the loss."""
+
+    def __init__(self, forces_weight: float) -> None:
+        super().__init__()
+        self.forces_weight = forces_weight
+
+    def forward(self, batch: Batch, output: Output) -> torch.Tensor:
+        return self.forces_weight * forces_squared_error(batch, output)
+
+
+class WeightedEnergyForcesStressLoss(EnergyForcesLoss):
+    """'stress': the weighted loss plus w_S * mean |sigma - sigma_ref|^2."""
+
+    def __init__(self, energy_weight: float, forces_weight: float, stress_weight: float) -> None:
+        super().__init__(energy_weight, forces_weight)
+        self.stress_weight = stress_weight
+
+    def forward(self, batch: Batch, output: Output) -> torch.Tensor:
+        return (
+            self.energy_weight * energy_squared_error(batch, output, per_atom=True, weighted=True)
+            + self.forces_weight * forces_squared_error(batch, output)
+            + self.stress_weight * stress_squared_error(batch, output)
+        )
+
+
+class WeightedEnergyForcesVirialsLoss(EnergyForcesLoss):
+    """'virials': the weighted loss plus w_V * mean |(W - W_ref) / n_atoms|^2."""
+
+    def __init__(self, energy_weight: float, forces_weight: float, virials_weight: float) -> None:
+        super().__init__(energy_weight, forces_weight)
+        self.virials_weight = virials_weight
+
+    def forward(self, batch: Batch, output: Output) -> torch.Tensor:
+        return (
+            self.energy_weight * energy_squared_error(batch, output, per_atom=True, weighted=True)
+            + self.forces_weight * forces_squared_error(batch, output)
+            + self.virials_weight * virials_squared_error(batch, output)
+        )
+
+
+class WeightedHuberEnergyForcesStressLoss(torch.nn.Module):
+    """'huber': Huber losses (robust to outliers) on per-atom energies, forces and stress."""
+
+    def __init__(self, energy_weight: float, forces_weight: float, stress_weight: float, huber_delta: float) -> None:
+        super().__init__()
+        self.energy_weight = energy_weight
+        self.forces_weight = forces_weight
+        self.stress_weight = stress_weight
+        self.huber = torch.nn.HuberLoss(reduction="mean", delta=huber_delta)
+
+    def forward(self, batch: Batch, output: Output) -> torch.Tensor:
+        atoms = _atoms_per_graph(batch)
+        loss = self.energy_weight * self.huber(batch["energy"] / atoms, output["energy"] / atoms)
+        loss = loss + self.forces_weight * self.huber(batch["forces"], output["forces"])
+        if output.get("stress") is not None:
+            loss = loss + self.stress_weight * self.huber(batch["stress"], output["stress"])
+        return loss
+
+
+def needs_stress(loss_fn: torch.nn.Module) -> bool:
+    return isinstance(loss_fn, (WeightedEnergyForcesStressLoss, WeightedHuberEnergyForcesStressLoss))
+
+
+def needs_virials(loss_fn: torch.nn.Module) -> bool:
+    return isinstance(loss_fn, WeightedEnergyForcesVirialsLoss)

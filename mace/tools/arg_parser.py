@@ -1,0 +1,834 @@
+"""Command-line interface of ``python -m mace.cli.run_train``.
+
+The flag names, defaults and choices are those of upstream MACE 0.3.5, so that existing
+training commands run unchanged. Flags for features this fork does not implement are
+still *accepted by the parser* (so that a user gets a message that says what is missing
+rather than "unrecognized argument"), then rejected by :func:`parse_args` with a clear
+error. On top of upstream's flags come the fine-tuning adapter flags (``--adapter``,
+``--mmea_*``, ``--elora_*``), whose values are resolved together with the reference
+implementation's environment knobs by :func:`resolve_adapter_settings`.
+
+Public API: :func:`build_parser`, :func:`parse_args`, :func:`resolve_adapter_settings`,
+:class:`AdapterSettings`, :class:`UserInputError` (re-exported from ``mace.tools.errors``);
+the steps of :func:`parse_args` (:func:`config_file_defaults`,
+:func:`apply_channel_override`, :func:`resolve_start_swa`);
+the flag types :func:`str2bool`, :func:`float_or_none`; :func:`hidden_irreps_from_channels`;
+and readers of the string-encoded flags: :func:`parse_radial_mlp`,
+:func:`parse_atomic_numbers`, :func:`parse_config_type_weights`, :func:`parse_e0s`.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+from e3nn import o3
+
+from mace.tools.errors import UserInputError  # shared with data and model loading
+
+ADAPTER_METHODS = ("mmea", "elora", "none")
+MMEA_INIT_CHOICES = ("zero", "normal")
+MMEA_PHI_CHOICES = ("exp", "res")
+DEFAULT_MMEA_RANK = 16
+DEFAULT_MMEA_PHI = "exp"
+DEFAULT_MMEA_NORMAL_STD = 0.001
+SUPPORTED_SCHEDULERS = ("ReduceLROnPlateau", "ExponentialLR")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+_TRUE_WORDS = ("true", "t", "yes", "y", "1", "on")
+_FALSE_WORDS = ("false", "f", "no", "n", "0", "off")
+
+
+# --------------------------------------------------------------------------------------
+# Value types
+# --------------------------------------------------------------------------------------
+
+
+def str2bool(value: Union[str, bool]) -> bool:
+    """Read a yes/no word, because upstream takes booleans as values (``--pin_memory False``)."""
+    if isinstance(value, bool):
+        return value
+    word = value.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def float_or_none(value: str) -> Optional[float]:
+    """Read a float, or ``None`` to switch a feature off (e.g. ``--clip_grad None``)."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number or None, got {value!r}") from exc
+
+
+def _literal(text: str, flag: str) -> Any:
+    """Evaluate a Python literal, naming the flag when it is malformed."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError) as exc:
+        raise UserInputError(f"{flag}: {text!r} is not a valid Python literal") from exc
+
+
+def parse_radial_mlp(text: str) -> List[int]:
+    """Hidden-layer widths of the radial MLP, from a list literal such as ``[64, 64, 64]``."""
+    widths = _literal(text, "--radial_MLP")
+    if not isinstance(widths, (list, tuple)) or not widths:
+        raise UserInputError(f"--radial_MLP: expected a non-empty list of widths, got {text!r}")
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+        raise UserInputError(f"--radial_MLP: widths must be positive integers, got {text!r}")
+    return list(widths)
+
+
+def parse_atomic_numbers(text: Optional[str]) -> Optional[List[int]]:
+    """Elements the model knows, from a list literal; ``None`` means 'take them from the data'."""
+    if text is None:
+        return None
+    numbers = _literal(text, "--atomic_numbers")
+    if not isinstance(numbers, (list, tuple)) or not numbers:
+        raise UserInputError(f"--atomic_numbers: expected a non-empty list, got {text!r}")
+    if not all(isinstance(z, int) and not isinstance(z, bool) and 1 <= z <= 118 for z in numbers):
+        raise UserInputError(
+            f"--atomic_numbers: entries must be atomic numbers between 1 and 118, got {text!r}"
+        )
+    return sorted(set(numbers))
+
+
+def parse_config_type_weights(text: str) -> Dict[str, float]:
+    """Loss weight per ``config_type`` label, from a dict literal such as ``{"Default": 1.0}``."""
+    weights = _literal(text, "--config_type_weights")
+    if not isinstance(weights, dict):
+        raise UserInputError(f"--config_type_weights: expected a dict literal, got {text!r}")
+    try:
+        return {str(key): float(value) for key, value in weights.items()}
+    except (TypeError, ValueError) as exc:
+        raise UserInputError(
+            f"--config_type_weights: weights must be numbers, got {text!r}"
+        ) from exc
+
+
+def _e0s_dict(raw: Mapping[Any, Any], origin: str) -> Dict[int, float]:
+    """Normalise an E0 mapping (JSON keys arrive as strings) to ``{Z: energy}``."""
+    try:
+        return {int(key): float(value) for key, value in raw.items()}
+    except (TypeError, ValueError) as exc:
+        raise UserInputError(
+            f"--E0s: {origin} must map atomic numbers to energies in eV"
+        ) from exc
+
+
+def parse_e0s(text: Optional[str]) -> Union[None, str, Dict[int, float]]:
+    """Isolated-atom energies: ``None``, ``"average"``, a dict literal, or a JSON file of one."""
+    if text is None:
+        return None
+    stripped = text.strip()
+    if stripped.lower() == "average":
+        return "average"
+    if stripped.startswith("{"):
+        raw = _literal(stripped, "--E0s")
+        if not isinstance(raw, dict):
+            raise UserInputError(f"--E0s: expected a dict literal, got {text!r}")
+        return _e0s_dict(raw, "the dict literal")
+    path = Path(stripped)
+    if not path.is_file():
+        raise UserInputError(
+            f"--E0s: {text!r} is neither 'average', a dict literal like "
+            "'{1: -13.6, 8: -2041.0}', nor an existing JSON file"
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"--E0s: file {path} is not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise UserInputError(f"--E0s: file {path} must hold a JSON object")
+    return _e0s_dict(raw, f"file {path}")
+
+
+def hidden_irreps_from_channels(num_channels: int, max_L: int) -> str:
+    """Node-feature irreps with ``num_channels`` copies of each l <= max_L, parity (-1)^l."""
+    blocks = [f"{num_channels}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(max_L + 1)]
+    return " + ".join(blocks)
+
+
+# --------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------
+
+
+def _value(group: Any, flag: str, kind: Any, default: Any, text: str, **extra: Any) -> None:
+    """Add a flag that takes one value (the common case), keeping definitions one per line."""
+    group.add_argument(flag, type=kind, default=default, help=text, **extra)
+
+
+def _switch(
+    group: Any, flag: str, default: bool, text: str, given: Optional[bool] = None
+) -> None:
+    """Add a flag without value; giving it sets ``given`` (by default: ``not default``)."""
+    given = (not default) if given is None else given
+    action = "store_true" if given else "store_false"
+    group.add_argument(flag, action=action, default=default, help=text)
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Naming, output folders, device and precision of a run."""
+    g = parser.add_argument_group("run")
+    _value(g, "--config", str, None,
+           "YAML or JSON file mapping flag names (without dashes) to values; they replace the "
+           "built-in defaults and flags on the command line still win. A switch takes the value "
+           "the option should end with, e.g. 'ema: true'.")
+    _value(g, "--name", str, None,
+           "Experiment name; it names the log, checkpoint, result and model files (required).")
+    _value(g, "--seed", int, 123, "Random seed for splits, initialisation and shuffling.")
+    _value(g, "--log_dir", str, "logs", "Folder for the text log.")
+    _value(g, "--model_dir", str, ".", "Folder where the final NAME.model is written.")
+    _value(g, "--checkpoints_dir", str, "checkpoints", "Folder for training checkpoints.")
+    _value(g, "--results_dir", str, "results", "Folder for the JSON lines of metrics.")
+    _value(g, "--downloads_dir", str, "downloads", "Folder for files fetched during a run.")
+    _value(g, "--device", str, "cpu",
+           "Where to train; 'cuda' needs a CUDA build of torch and a visible GPU "
+           "('mps' is not supported).", choices=["cpu", "cuda", "mps"])
+    _value(g, "--default_dtype", str, "float64", "Floating-point precision of model and data.",
+           choices=["float32", "float64"])
+    _switch(g, "--distributed", False, "Multi-GPU data-parallel training (not supported here).")
+    _value(g, "--log_level", str, "INFO", "Logging verbosity: DEBUG, INFO, WARNING or ERROR.")
+    _value(g, "--error_table", str, "PerAtomRMSE",
+           "Which errors the final table reports (the dipole tables are not supported).",
+           choices=["PerAtomRMSE", "TotalRMSE", "PerAtomRMSEstressvirials", "PerAtomMAE",
+                    "TotalMAE", "DipoleRMSE", "DipoleMAE", "EnergyDipoleRMSE"])
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Architecture of a model trained from scratch (a foundation model brings its own)."""
+    g = parser.add_argument_group("model")
+    _value(g, "--model", str, "MACE", "Model family; this fork implements MACE and ScaleShiftMACE.",
+           choices=["BOTNet", "MACE", "ScaleShiftMACE", "ScaleShiftBOTNet",
+                    "AtomicDipolesMACE", "EnergyDipolesMACE"])
+    _value(g, "--r_max", float, 5.0, "Neighbour cutoff radius in Angstrom.")
+    _value(g, "--radial_type", str, "bessel",
+           "Radial basis of the edge lengths (only 'bessel' is implemented).",
+           choices=["bessel", "gaussian", "chebyshev"])
+    _value(g, "--num_radial_basis", int, 8, "Number of radial basis functions.")
+    _value(g, "--num_cutoff_basis", int, 5,
+           "Order p of the polynomial envelope that takes edges smoothly to zero at r_max.")
+    _switch(g, "--pair_repulsion", False, "Add a ZBL short-range repulsion (not supported here).")
+    _value(g, "--distance_transform", str, "None",
+           "Rescaling of edge lengths before the radial basis (only 'None' is implemented).",
+           choices=["None", "Agnesi", "Soft"])
+    _value(g, "--interaction", str, "RealAgnosticResidualInteractionBlock",
+           "Interaction block of the layers after the first.",
+           choices=["RealAgnosticResidualInteractionBlock",
+                    "RealAgnosticAttResidualInteractionBlock", "RealAgnosticInteractionBlock"])
+    _value(g, "--interaction_first", str, "RealAgnosticResidualInteractionBlock",
+           "Interaction block of the first layer.",
+           choices=["RealAgnosticResidualInteractionBlock", "RealAgnosticInteractionBlock"])
+    _value(g, "--max_ell", int, 3, "Highest l of the edge spherical harmonics.")
+    _value(g, "--correlation", int, 3, "Body order of the symmetric product basis.")
+    _value(g, "--num_interactions", int, 2, "Number of message-passing layers.")
+    _value(g, "--MLP_irreps", str, "16x0e", "Hidden irreps of the last layer's non-linear readout.")
+    _value(g, "--radial_MLP", str, "[64, 64, 64]",
+           "Hidden widths of the MLP that maps radial features to weights, as a list literal.")
+    _value(g, "--hidden_irreps", str, "128x0e + 128x1o",
+           "Irreps of the node features; rebuilt when --num_channels or --max_L is given.")
+    _value(g, "--num_channels", int, None,
+           "Channels per irrep of the node features (overrides --hidden_irreps).")
+    _value(g, "--max_L", int, None,
+           "Highest l of the node features, parity (-1)^l (overrides --hidden_irreps).")
+    _value(g, "--gate", str, "silu", "Non-linearity of the readout MLP.",
+           choices=["silu", "tanh", "abs", "None"])
+    _value(g, "--scaling", str, "rms_forces_scaling",
+           "How ScaleShiftMACE chooses the scale of its atomic energies.",
+           choices=["std_scaling", "rms_forces_scaling", "no_scaling"])
+    _value(g, "--avg_num_neighbors", float, 1,
+           "Normaliser of the neighbour sum when it is not measured on the data.")
+    _value(g, "--compute_avg_num_neighbors", str2bool, True,
+           "Measure the average neighbour count on the training set (true/false).")
+    _value(g, "--compute_stress", str2bool, False, "Also predict stress and virials (true/false).")
+    _value(g, "--compute_forces", str2bool, True, "Predict forces (true/false).")
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """Data files, splitting, statistics and the keys under which labels are stored."""
+    g = parser.add_argument_group("data")
+    _value(g, "--train_file", str, None, "Training configurations, extxyz (required).")
+    _value(g, "--valid_file", str, None,
+           "Validation configurations; without it --valid_fraction of the training file is used.")
+    _value(g, "--valid_fraction", float, 0.1,
+           "Share of the training file held out for validation when --valid_file is absent.")
+    _value(g, "--test_file", str, None, "Test configurations, evaluated after training.")
+    _value(g, "--test_dir", str, None, "Folder of test files, each evaluated after training.")
+    _value(g, "--multi_processed_test", str2bool, False,
+           "Load test sets with worker processes (not supported here).")
+    _value(g, "--num_workers", int, 0, "Data-loader worker processes.")
+    _value(g, "--pin_memory", str2bool, True,
+           "Page-lock loader batches for faster copies to the GPU (true/false).")
+    _value(g, "--atomic_numbers", str, None,
+           "Elements the model covers, as a list literal like '[1, 6, 8]'; default: the data's.")
+    _value(g, "--mean", float, None, "Energy shift of ScaleShiftMACE; default: from the data.")
+    _value(g, "--std", float, None, "Energy scale of ScaleShiftMACE; default: from the data.")
+    _value(g, "--statistics_file", str, None, "Precomputed data statistics (not supported yet).")
+    _value(g, "--E0s", str, None,
+           "Isolated-atom energies: 'average' (fitted on the training set), a dict literal such "
+           "as '{1: -13.6, 8: -2041.0}', or a JSON file holding such a mapping.")
+    _value(g, "--keep_isolated_atoms", str2bool, False,
+           "Also train on single-atom configurations instead of using them only for E0s.")
+    _value(g, "--energy_key", str, "energy", "Info key of the reference energy.")
+    _value(g, "--forces_key", str, "forces", "Array key of the reference forces.")
+    _value(g, "--virials_key", str, "virials", "Info key of the reference virials.")
+    _value(g, "--stress_key", str, "stress", "Info key of the reference stress.")
+    _value(g, "--dipole_key", str, "dipole", "Info key of the reference dipole.")
+    _value(g, "--charges_key", str, "charges", "Array key of the atomic charges.")
+
+
+def _add_loss_flags(parser: argparse.ArgumentParser) -> None:
+    """Loss function and the weight of each term, before and during SWA."""
+    g = parser.add_argument_group("loss")
+    _value(g, "--loss", str, "weighted",
+           "Training loss; the dipole losses and 'universal' are not supported.",
+           choices=["ef", "weighted", "forces_only", "virials", "stress", "dipole", "huber",
+                    "universal", "energy_forces_dipole"])
+    weights = [("forces", 100.0, 100.0), ("energy", 1.0, 1000.0), ("virials", 1.0, 10.0),
+               ("stress", 1.0, 10.0), ("dipole", 1.0, 1.0)]
+    for term, weight, swa_weight in weights:
+        _value(g, f"--{term}_weight", float, weight, f"Weight of the {term} term.")
+        _value(g, f"--swa_{term}_weight", float, swa_weight,
+               f"Weight of the {term} term once SWA has started.")
+    _value(g, "--config_type_weights", str, '{"Default":1.0}',
+           "Extra loss weight per config_type label, as a dict literal.")
+    _value(g, "--huber_delta", float, 0.01, "Transition point of the Huber loss.")
+
+
+def _add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
+    """Optimiser, learning-rate schedule, SWA, EMA and checkpointing."""
+    g = parser.add_argument_group("optimisation")
+    _value(g, "--optimizer", str, "adam", "Optimiser.", choices=["adam", "adamw"])
+    _value(g, "--batch_size", int, 10, "Training batch size.")
+    _value(g, "--valid_batch_size", int, 10, "Evaluation batch size.")
+    _value(g, "--lr", float, 0.01, "Learning rate.")
+    _value(g, "--swa_lr", float, 0.001, "Learning rate once SWA has started.")
+    _value(g, "--weight_decay", float, 5e-07, "L2 penalty on the decayed weights.")
+    # Upstream quirk kept for compatibility: on by default, and giving it keeps it on.
+    _switch(g, "--amsgrad", True, "Use the AMSGrad variant of Adam (always on, as upstream).",
+            given=True)
+    _value(g, "--scheduler", str, "ReduceLROnPlateau",
+           "Learning-rate schedule: ReduceLROnPlateau or ExponentialLR.")
+    _value(g, "--lr_factor", float, 0.8, "Factor by which ReduceLROnPlateau lowers the rate.")
+    _value(g, "--scheduler_patience", int, 50,
+           "Evaluations without improvement before ReduceLROnPlateau lowers the rate.")
+    _value(g, "--lr_scheduler_gamma", float, 0.9993, "Per-epoch decay factor of ExponentialLR.")
+    _switch(g, "--swa", False,
+            "Switch to stochastic weight averaging and the swa_* loss weights at --start_swa.")
+    _value(g, "--start_swa", int, None,
+           "Epoch at which SWA starts; default: three quarters of --max_num_epochs.")
+    _switch(g, "--ema", False, "Evaluate and save an exponential moving average of the weights.")
+    _value(g, "--ema_decay", float, 0.99, "Decay of the moving average, in (0, 1).")
+    _value(g, "--max_num_epochs", int, 2048, "Number of training epochs.")
+    _value(g, "--patience", int, 2048,
+           "Stop after this many evaluations without a better validation loss.")
+    _value(g, "--eval_interval", int, 2, "Evaluate on the validation set every N epochs.")
+    _switch(g, "--keep_checkpoints", False, "Keep older checkpoints instead of only the newest.")
+    _switch(g, "--save_all_checkpoints", False,
+            "Write a checkpoint at every evaluation, not only on improvement.")
+    _switch(g, "--restart_latest", False,
+            "Resume from the newest checkpoint of this name and seed.")
+    _switch(g, "--save_cpu", False, "Move the final model to the CPU before saving it.")
+    _value(g, "--clip_grad", float_or_none, 10.0,
+           "Clip the gradient norm to this value; 'None' disables clipping.")
+
+
+def _add_finetuning_flags(parser: argparse.ArgumentParser) -> None:
+    """Foundation model and the parameter-efficient adapter that fine-tunes it."""
+    g = parser.add_argument_group("fine-tuning")
+    _value(g, "--foundation_model", str, None,
+           "MACE model file to fine-tune (a full pickle: only load files you trust).")
+    _switch(g, "--foundation_model_readout", True,
+            "Given: do NOT reuse the foundation model's readout weights.")
+    _value(g, "--adapter", str, None,
+           "How to fine-tune a foundation model: 'mmea' (magnitude-modulated equivariant "
+           "adapter; the default with --foundation_model), 'elora' (equivariant low-rank "
+           "updates) or 'none' (train every weight; the default without a foundation model).",
+           choices=list(ADAPTER_METHODS))
+    _value(g, "--mmea_rank", int, None,
+           f"Width of the MMEA gate MLP; default: $MMEA_RANK, else {DEFAULT_MMEA_RANK}.")
+    _value(g, "--mmea_std", float, None,
+           "Std of a normal init of the scalar-branch weights W_a; default: $MMEA_STD, else "
+           "unset (W_a keeps torch's Linear init). 0 means zeros.")
+    _value(g, "--mmea_init", str, None,
+           "Init of the scalar-branch weights W_a: 'zero', or 'normal' with std --mmea_std "
+           f"({DEFAULT_MMEA_NORMAL_STD} when unset); default: decided by --mmea_std/$MMEA_STD.",
+           choices=list(MMEA_INIT_CHOICES))
+    _value(g, "--mmea_phi", str, None,
+           "Gate form: 'exp' scales a channel by exp(s), 'res' by 1+s; default: $MMEA_PHI, "
+           f"else '{DEFAULT_MMEA_PHI}'.", choices=list(MMEA_PHI_CHOICES))
+    _value(g, "--elora_rank", int, 16, "Rank of the ELoRA low-rank updates.")
+    _value(g, "--elora_alpha", float, 16.0, "ELoRA scale numerator: updates carry alpha / rank.")
+
+
+def _add_wandb_flags(parser: argparse.ArgumentParser) -> None:
+    """Weights & Biases logging, accepted only so that it can be refused clearly."""
+    g = parser.add_argument_group("wandb (not supported)")
+    _switch(g, "--wandb", False, "Log to Weights & Biases (not supported here).")
+    _value(g, "--wandb_project", str, "", "W&B project (unused).")
+    _value(g, "--wandb_entity", str, "", "W&B entity (unused).")
+    _value(g, "--wandb_name", str, "", "W&B run name (unused).")
+    _value(g, "--wandb_log_hypers", str,
+           ["num_channels", "max_L", "correlation", "lr", "swa_lr", "weight_decay", "batch_size",
+            "max_num_epochs", "start_swa", "energy_weight", "forces_weight"],
+           "Hyper-parameters sent to W&B (unused).", nargs="+")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All flags of ``run_train`` (upstream 0.3.5 names and defaults, plus adapter flags)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mace.cli.run_train",
+        description="Train a MACE interatomic potential, or fine-tune a foundation model "
+        "with an equivariant adapter (MMEA by default).",
+    )
+    _add_run_flags(parser)
+    _add_model_flags(parser)
+    _add_data_flags(parser)
+    _add_loss_flags(parser)
+    _add_optimizer_flags(parser)
+    _add_finetuning_flags(parser)
+    _add_wandb_flags(parser)
+    return parser
+
+
+# --------------------------------------------------------------------------------------
+# --config files
+# --------------------------------------------------------------------------------------
+
+
+def _read_config_file(path: str) -> Dict[str, Any]:
+    """Load the {flag: value} mapping of a YAML or JSON file."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserInputError(f"--config: file {path} does not exist")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix.lower() == ".json":
+            content = json.loads(text)
+        else:
+            import yaml  # only needed when a YAML config is used
+
+            content = yaml.safe_load(text)
+    except Exception as exc:  # json and yaml raise unrelated error types
+        raise UserInputError(f"--config: cannot read {path}: {exc}") from exc
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise UserInputError(f"--config: {path} must hold a mapping of flag names to values")
+    return content
+
+
+def _actions_by_dest(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
+    """Map each option's attribute name to its action (help is not a settable option)."""
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+def _unknown_key_message(key: str, known: Sequence[str], path: str) -> str:
+    """Name the bad key and, when there is one, the flag the user probably meant."""
+    message = f"--config: {path} sets unknown flag {key!r}"
+    close = difflib.get_close_matches(key, known, n=1)
+    return message + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _convert_one(action: argparse.Action, value: Any) -> Any:
+    """Run a config value through the flag's own type, as if it had been typed."""
+    text = value if isinstance(value, str) else repr(value)
+    converted = action.type(text) if action.type is not None else text
+    if action.choices is not None and converted not in action.choices:
+        raise ValueError(f"{converted!r} is not one of {list(action.choices)}")
+    return converted
+
+
+def _convert_config_value(action: argparse.Action, value: Any) -> Any:
+    """Turn a value from the file into what the parsed attribute would hold."""
+    if value is None:
+        return None
+    if action.nargs == 0:  # switch: the file states the final on/off value
+        if not isinstance(value, bool):
+            raise ValueError("a switch takes true or false")
+        return value
+    if action.nargs in ("+", "*"):
+        items = value if isinstance(value, list) else [value]
+        return [_convert_one(action, item) for item in items]
+    return _convert_one(action, value)
+
+
+def config_file_defaults(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
+    """Read ``path`` and return {dest: value} to install as parser defaults."""
+    actions = _actions_by_dest(parser)
+    defaults: Dict[str, Any] = {}
+    for raw_key, value in _read_config_file(path).items():
+        key = str(raw_key).lstrip("-")
+        if key == "config" or key not in actions:
+            raise UserInputError(_unknown_key_message(key, sorted(actions), path))
+        try:
+            defaults[key] = _convert_config_value(actions[key], value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+            raise UserInputError(
+                f"--config: {path}: bad value {value!r} for {key!r}: {exc}"
+            ) from exc
+    return defaults
+
+
+# --------------------------------------------------------------------------------------
+# Derived values and validation
+# --------------------------------------------------------------------------------------
+
+
+def _irreps(text: str, flag: str) -> o3.Irreps:
+    """Parse an irreps string, naming the flag when it is malformed."""
+    try:
+        irreps = o3.Irreps(text)
+    except (ValueError, AssertionError) as exc:
+        raise UserInputError(f"{flag}: {text!r} is not a valid irreps string") from exc
+    if len(irreps) == 0:
+        raise UserInputError(f"{flag}: irreps must not be empty")
+    return irreps
+
+
+def apply_channel_override(args: argparse.Namespace) -> None:
+    """Rebuild ``hidden_irreps`` from ``--num_channels``/``--max_L`` when either is given.
+
+    The missing one is read off the current ``hidden_irreps``: channels from the
+    multiplicity of its first irrep, max_L from its highest l.
+    """
+    if args.num_channels is None and args.max_L is None:
+        return
+    current = _irreps(args.hidden_irreps, "--hidden_irreps")
+    channels = args.num_channels if args.num_channels is not None else current[0].mul
+    max_L = args.max_L if args.max_L is not None else current.lmax
+    if channels <= 0:
+        raise UserInputError(f"--num_channels must be positive, got {channels}")
+    if max_L < 0:
+        raise UserInputError(f"--max_L must be non-negative, got {max_L}")
+    args.num_channels, args.max_L = channels, max_L
+    args.hidden_irreps = hidden_irreps_from_channels(channels, max_L)
+
+
+def _unsupported_feature_errors(args: argparse.Namespace) -> Iterator[str]:
+    """Messages for upstream flags whose feature this fork does not implement."""
+    if args.model not in ("MACE", "ScaleShiftMACE"):
+        yield (f"--model {args.model} is not supported: this fork implements only MACE and "
+               "ScaleShiftMACE (no BOTNet or dipole models)")
+    if args.loss in ("dipole", "energy_forces_dipole"):
+        yield f"--loss {args.loss} is not supported: this fork has no dipole models"
+    if args.loss == "universal":
+        yield ("--loss universal is not supported; use weighted, ef, forces_only, huber, "
+               "stress or virials")
+    if args.error_table in ("DipoleRMSE", "DipoleMAE", "EnergyDipoleRMSE"):
+        yield f"--error_table {args.error_table} is not supported: this fork has no dipole models"
+    if args.wandb:
+        yield "--wandb is not supported: this fork does not log to Weights & Biases"
+    if args.distributed:
+        yield "--distributed is not supported: this fork trains on a single device"
+    if args.device == "mps":
+        yield "--device mps is not supported: use cpu or cuda"
+    for flag in ("interaction", "interaction_first"):
+        if getattr(args, flag) == "RealAgnosticAttResidualInteractionBlock":
+            yield (f"--{flag} RealAgnosticAttResidualInteractionBlock is not supported: this "
+                   "fork implements RealAgnosticInteractionBlock and "
+                   "RealAgnosticResidualInteractionBlock")
+    if args.pair_repulsion:
+        yield "--pair_repulsion is not supported: this fork has no ZBL repulsion term"
+    if args.distance_transform != "None":
+        yield (f"--distance_transform {args.distance_transform} is not supported: only None "
+               "is implemented")
+    if args.radial_type != "bessel":
+        yield f"--radial_type {args.radial_type} is not supported: only bessel is implemented"
+    if args.multi_processed_test:
+        yield "--multi_processed_test True is not supported: test sets are loaded in one process"
+    if args.statistics_file is not None:
+        yield ("--statistics_file is not supported yet: statistics are computed from the "
+               "training data")
+
+
+def _required_errors(args: argparse.Namespace) -> Iterator[str]:
+    """Flags a training run cannot do without."""
+    if not args.name:
+        yield "--name is required: it names the log, checkpoint, result and model files"
+    if not args.train_file:
+        yield "--train_file is required: give the extxyz file of training configurations"
+
+
+def _positive(args: argparse.Namespace, flags: Sequence[str]) -> Iterator[str]:
+    """Messages for flags among ``flags`` whose value is not > 0."""
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            yield f"--{flag} must be positive, got {value}"
+
+
+def _open_unit_interval(args: argparse.Namespace, flags: Sequence[str]) -> Iterator[str]:
+    """Messages for flags among ``flags`` whose value is not strictly between 0 and 1."""
+    for flag in flags:
+        value = getattr(args, flag)
+        if not 0.0 < value < 1.0:
+            yield f"--{flag} must lie strictly between 0 and 1, got {value}"
+
+
+def _value_errors(args: argparse.Namespace) -> Iterator[str]:
+    """Messages for numeric values and literal strings that cannot work."""
+    positive_flags = ("r_max", "batch_size", "valid_batch_size", "max_num_epochs", "lr", "swa_lr",
+                      "num_radial_basis", "num_cutoff_basis", "num_interactions", "correlation",
+                      "eval_interval", "patience", "clip_grad")
+    yield from _positive(args, positive_flags)
+    yield from _open_unit_interval(args, ("valid_fraction", "ema_decay"))
+    if args.max_ell < 0:
+        yield f"--max_ell must be non-negative, got {args.max_ell}"
+    if args.start_swa is not None and args.start_swa < 0:
+        yield f"--start_swa must be non-negative, got {args.start_swa}"
+    if args.num_workers < 0:
+        yield f"--num_workers must be non-negative, got {args.num_workers}"
+    if args.scheduler not in SUPPORTED_SCHEDULERS:
+        choices = ", ".join(SUPPORTED_SCHEDULERS)
+        yield f"--scheduler {args.scheduler} is unknown; choose one of {choices}"
+    if args.log_level.upper() not in LOG_LEVELS:
+        yield f"--log_level {args.log_level} is unknown; choose one of {', '.join(LOG_LEVELS)}"
+
+
+def _literal_errors(args: argparse.Namespace) -> Iterator[str]:
+    """Messages for string-encoded flags (irreps, lists, dicts) that do not parse."""
+    readers = (
+        lambda: _irreps(args.hidden_irreps, "--hidden_irreps"),
+        lambda: _irreps(args.MLP_irreps, "--MLP_irreps"),
+        lambda: parse_radial_mlp(args.radial_MLP),
+        lambda: parse_atomic_numbers(args.atomic_numbers),
+        lambda: parse_config_type_weights(args.config_type_weights),
+        lambda: parse_e0s(args.E0s),
+    )
+    for read in readers:
+        try:
+            read()
+        except UserInputError as exc:
+            yield str(exc)
+
+
+def _device_errors(args: argparse.Namespace) -> Iterator[str]:
+    """Refuse ``--device cuda`` up front when torch cannot see a GPU."""
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            yield ("--device cuda requested but torch.cuda.is_available() is False (no GPU or a "
+                   "CPU-only torch build); use --device cpu")
+
+
+def resolve_start_swa(args: argparse.Namespace) -> None:
+    """Fill the SWA start epoch like upstream, and warn when SWA would never begin."""
+    if not args.swa:
+        return
+    if args.start_swa is None:
+        args.start_swa = max(1, args.max_num_epochs // 4 * 3)
+    if args.start_swa >= args.max_num_epochs:
+        warnings.warn(
+            f"--start_swa {args.start_swa} >= --max_num_epochs {args.max_num_epochs}: "
+            "SWA will never start",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Adapter settings
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """Fine-tuning method and its hyper-parameters, after flags and environment are merged.
+
+    ``mmea_init`` is None (keep torch's Linear init for W_a), 'zero' or 'normal'
+    (W_a ~ N(0, mmea_std)); whenever it is 'normal', ``mmea_std`` is a positive float.
+    """
+
+    method: str
+    mmea_rank: int
+    mmea_std: Optional[float]
+    mmea_init: Optional[str]
+    mmea_phi: str
+    elora_rank: int
+    elora_alpha: float
+
+
+def _env_value(environ: Mapping[str, str], name: str) -> Optional[str]:
+    """An environment variable's value, with unset and blank both meaning 'not given'."""
+    value = environ.get(name)
+    return value.strip() if value is not None and value.strip() else None
+
+
+def _resolve_mmea_rank(flag: Optional[int], environ: Mapping[str, str]) -> int:
+    """--mmea_rank, else $MMEA_RANK, else the reference default."""
+    if flag is not None:
+        rank, origin = flag, "--mmea_rank"
+    else:
+        text = _env_value(environ, "MMEA_RANK")
+        if text is None:
+            return DEFAULT_MMEA_RANK
+        try:
+            rank = int(text)
+        except ValueError as exc:
+            raise UserInputError(
+                f"environment variable MMEA_RANK={text!r} is not an integer"
+            ) from exc
+        origin = "environment variable MMEA_RANK"
+    if rank <= 0:
+        raise UserInputError(f"{origin} must be a positive integer, got {rank}")
+    return rank
+
+
+def _resolve_mmea_std(flag: Optional[float], environ: Mapping[str, str]) -> Optional[float]:
+    """--mmea_std, else $MMEA_STD, else unset (None)."""
+    if flag is not None:
+        std, origin = flag, "--mmea_std"
+    else:
+        text = _env_value(environ, "MMEA_STD")
+        if text is None:
+            return None
+        try:
+            std = float(text)
+        except ValueError as exc:
+            raise UserInputError(f"environment variable MMEA_STD={text!r} is not a number") from exc
+        origin = "environment variable MMEA_STD"
+    if not std >= 0.0:  # also rejects NaN
+        raise UserInputError(f"{origin} must be a non-negative number, got {std}")
+    return std
+
+
+def _resolve_mmea_phi(flag: Optional[str], environ: Mapping[str, str]) -> str:
+    """--mmea_phi, else $MMEA_PHI, else 'exp'."""
+    if flag is not None:
+        return flag
+    text = _env_value(environ, "MMEA_PHI")
+    if text is None:
+        return DEFAULT_MMEA_PHI
+    if text.lower() not in MMEA_PHI_CHOICES:
+        raise UserInputError(
+            f"environment variable MMEA_PHI={text!r} is not one of {', '.join(MMEA_PHI_CHOICES)}"
+        )
+    return text.lower()
+
+
+def _resolve_mmea_init(
+    init: Optional[str], std: Optional[float]
+) -> Tuple[Optional[str], Optional[float]]:
+    """Decide how W_a starts: explicit --mmea_init wins, else the std decides (0 -> zeros)."""
+    if init == "zero":
+        return "zero", std
+    if init == "normal":
+        std = DEFAULT_MMEA_NORMAL_STD if std is None else std
+        if std <= 0.0:
+            raise UserInputError("--mmea_init normal needs a positive --mmea_std (or MMEA_STD)")
+        return "normal", std
+    if std is None:
+        return None, None
+    return ("normal" if std > 0.0 else "zero"), std
+
+
+def _resolve_method(adapter: Optional[str], foundation_model: Optional[str]) -> str:
+    """Default to MMEA when fine-tuning, to no adapter otherwise; adapters need a base model."""
+    if adapter is None:
+        return "mmea" if foundation_model else "none"
+    if adapter != "none" and not foundation_model:
+        raise UserInputError(
+            f"--adapter {adapter} needs --foundation_model: adapters fine-tune a pretrained model"
+        )
+    return adapter
+
+
+def resolve_adapter_settings(
+    args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None
+) -> AdapterSettings:
+    """Merge adapter flags with MMEA_RANK / MMEA_STD / MMEA_PHI; a flag always wins.
+
+    Raises UserInputError naming the flag or environment variable at fault.
+    """
+    environ = os.environ if environ is None else environ
+    method = _resolve_method(args.adapter, args.foundation_model)
+    std = _resolve_mmea_std(args.mmea_std, environ)
+    init, std = _resolve_mmea_init(args.mmea_init, std)
+    if args.elora_rank <= 0:
+        raise UserInputError(f"--elora_rank must be a positive integer, got {args.elora_rank}")
+    if not args.elora_alpha > 0.0:
+        raise UserInputError(f"--elora_alpha must be positive, got {args.elora_alpha}")
+    return AdapterSettings(
+        method=method,
+        mmea_rank=_resolve_mmea_rank(args.mmea_rank, environ),
+        mmea_std=std,
+        mmea_init=init,
+        mmea_phi=_resolve_mmea_phi(args.mmea_phi, environ),
+        elora_rank=args.elora_rank,
+        elora_alpha=float(args.elora_alpha),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------
+
+
+def _parse_with_config(
+    parser: argparse.ArgumentParser, argv: Optional[List[str]]
+) -> argparse.Namespace:
+    """Parse once to find --config, install its values as defaults, then parse again."""
+    args = parser.parse_args(argv)
+    if args.config is None:
+        return args
+    try:
+        defaults = config_file_defaults(parser, args.config)
+    except UserInputError as exc:
+        parser.error(str(exc))
+    parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+def _first_error(args: argparse.Namespace, environ: Mapping[str, str]) -> Optional[str]:
+    """The first problem with the parsed flags, in the order a user should fix them."""
+    checks = (_required_errors, _unsupported_feature_errors, _value_errors, _literal_errors,
+              _device_errors)
+    for check in checks:
+        for message in check(args):
+            return message
+    try:
+        resolve_adapter_settings(args, environ)
+    except UserInputError as exc:
+        return str(exc)
+    return None
+
+
+def parse_args(
+    argv: Optional[List[str]] = None, environ: Optional[Mapping[str, str]] = None
+) -> argparse.Namespace:
+    """Parse and validate ``run_train`` flags; exits with status 2 and one message on bad input.
+
+    Steps: read flags (with ``--config`` values as defaults), rebuild ``hidden_irreps``
+    from ``--num_channels``/``--max_L``, fill ``start_swa`` when ``--swa`` is on, then
+    reject missing, unsupported or impossible values. Adapter flags stay as given; call
+    :func:`resolve_adapter_settings` for their merged values.
+    """
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    args = _parse_with_config(parser, argv)
+    try:
+        apply_channel_override(args)
+    except UserInputError as exc:
+        parser.error(str(exc))
+    message = _first_error(args, environ)
+    if message is not None:
+        parser.error(message)
+    args.log_level = args.log_level.upper()
+    resolve_start_swa(args)
+    logging.getLogger(__name__).debug("parsed arguments: %s", vars(args))
+    return args

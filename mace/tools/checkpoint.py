@@ -1,0 +1,56 @@
+"""Training checkpoints in upstream's layout: checkpoints/NAME_run-SEED_epoch-N[_swa].pt.
+
+Each file holds everything needed to resume (model, optimiser, schedulers, EMA, epoch,
+best-loss bookkeeping) and is written atomically, so a run killed at any moment leaves
+only complete checkpoints.
+"""
+import logging
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from mace.tools.files import atomic_torch_save
+
+_FILE_PATTERN = re.compile(r"_epoch-(\d+)(_swa)?\.pt$")
+
+
+class CheckpointHandler:
+    """Saves, lists and loads the checkpoints of one run (identified by its tag)."""
+
+    def __init__(self, directory: str, tag: str, keep: bool = False) -> None:
+        self.directory = Path(directory)
+        self.tag = tag
+        self.keep = keep
+
+    def path(self, epoch: int, swa: bool) -> Path:
+        return self.directory / f"{self.tag}_epoch-{epoch}{'_swa' if swa else ''}.pt"
+
+    def save(self, state: Dict[str, Any], epoch: int, swa: bool, protected: Tuple[Path, ...] = ()) -> Path:
+        """Write a checkpoint; unless ``keep``, remove older ones except ``protected`` (the best)."""
+        path = self.path(epoch, swa)
+        atomic_torch_save(state, path)
+        if not self.keep:
+            for old_epoch, old_swa, old_path in self.list():
+                if old_path != path and old_path not in protected:
+                    old_path.unlink(missing_ok=True)
+        return path
+
+    def list(self) -> List[Tuple[int, bool, Path]]:
+        """(epoch, swa, path) of this run's checkpoints, oldest first."""
+        found = []
+        for path in self.directory.glob(f"{self.tag}_epoch-*.pt"):
+            match = _FILE_PATTERN.search(path.name)
+            if match and path.name.startswith(f"{self.tag}_epoch-"):
+                found.append((int(match.group(1)), match.group(2) is not None, path))
+        return sorted(found, key=lambda item: (item[0], item[1]))
+
+    def latest(self) -> Optional[Path]:
+        checkpoints = self.list()
+        return checkpoints[-1][2] if checkpoints else None
+
+    @staticmethod
+    def load(path: Path, device: torch.device) -> Dict[str, Any]:
+        logging.info("Loading checkpoint %s", path)
+        return torch.load(path, map_location=device, weights_only=False)

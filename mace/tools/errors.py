@@ -1,0 +1,10 @@
+"""Errors that a user can cause and fix (bad file, missing key, unknown element, bad flag).
+
+The command line catches :class:`UserInputError`, prints its message and exits non-zero
+instead of showing a traceback, so each message must name what to fix: the file, frame
+index, key or element.
+"""
+
+
+class UserInputError(Exception):
+    """A problem with the user's input, reported as one clear sentence without a traceback."""

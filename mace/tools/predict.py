@@ -1,0 +1,73 @@
+"""Batched inference of a model over configurations (eval_configs, error tables, the calculator)."""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mace.data import Configuration, batch_to_device, collate_graphs, graph_from_configuration
+from mace.tools.atomic_numbers import AtomicNumberTable
+
+
+@dataclass
+class Prediction:
+    """Model outputs for one configuration, in eV, eV/A and eV/A^3."""
+
+    energy: float
+    forces: np.ndarray
+    node_energy: np.ndarray
+    stress: Optional[np.ndarray] = None
+    virials: Optional[np.ndarray] = None
+
+
+def model_element_table(model: torch.nn.Module) -> AtomicNumberTable:
+    return AtomicNumberTable(model.atomic_numbers.tolist())
+
+
+def model_cutoff(model: torch.nn.Module) -> float:
+    return float(model.r_max)
+
+
+def model_graphs(model: torch.nn.Module, configs: Sequence[Configuration]) -> List[Dict[str, torch.Tensor]]:
+    """Graphs with the model's element table and cutoff (raises for unknown elements)."""
+    table = model_element_table(model)
+    cutoff = model_cutoff(model)
+    return [graph_from_configuration(config, table, cutoff) for config in configs]
+
+
+def predict(
+    model: torch.nn.Module,
+    configs: Sequence[Configuration],
+    batch_size: int = 64,
+    compute_stress: bool = False,
+) -> List[Prediction]:
+    """Evaluate ``model`` (on its own device) on every configuration, in order."""
+    device = next(model.buffers()).device
+    graphs = model_graphs(model, configs)
+    predictions: List[Prediction] = []
+    for start in range(0, len(graphs), batch_size):
+        batch = batch_to_device(collate_graphs(graphs[start : start + batch_size]), device)
+        output = model(batch, training=False, compute_force=True, compute_stress=compute_stress)
+        predictions.extend(_split_batch_output(batch, output, compute_stress))
+    return predictions
+
+
+def _split_batch_output(
+    batch: Dict[str, torch.Tensor], output: Dict[str, Optional[torch.Tensor]], with_stress: bool
+) -> List[Prediction]:
+    ptr = batch["ptr"].tolist()
+    energies = output["energy"].detach().cpu().numpy()
+    forces = output["forces"].detach().cpu().numpy()
+    node_energy = output["node_energy"].detach().cpu().numpy()
+    stress = output["stress"].detach().cpu().numpy() if with_stress else None
+    virials = output["virials"].detach().cpu().numpy() if with_stress else None
+    return [
+        Prediction(
+            energy=float(energies[g]),
+            forces=forces[ptr[g] : ptr[g + 1]],
+            node_energy=node_energy[ptr[g] : ptr[g + 1]],
+            stress=None if stress is None else stress[g],
+            virials=None if virials is None else virials[g],
+        )
+        for g in range(len(ptr) - 1)
+    ]

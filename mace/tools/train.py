@@ -1,0 +1,327 @@
+"""The training loop: epochs of optimiser steps, periodic evaluation, checkpoints, SWA stage.
+
+Trainability was decided before (adapters freeze what must not move); the loop only
+steps the optimiser it is given.
+"""
+import json
+import logging
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+import torch
+from torch.optim.swa_utils import SWALR
+from torch_ema import ExponentialMovingAverage
+
+from mace.data import batch_to_device
+from mace.modules.loss import needs_stress, needs_virials
+from mace.tools.checkpoint import CheckpointHandler
+from mace.tools.metrics import ErrorAccumulator, evaluation_summary
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch and the last good checkpoint."""
+
+
+@dataclass
+class OutputRequest:
+    """Which derivatives the model must return for the loss and the metrics."""
+
+    stress: bool = False
+    virials: bool = False
+
+    def model_kwargs(self) -> Dict[str, bool]:
+        return {"compute_force": True, "compute_stress": self.stress, "compute_virials": self.virials}
+
+
+def output_request_for(loss_fn: torch.nn.Module, error_table: str) -> OutputRequest:
+    wants_stress_table = error_table == "PerAtomRMSEstressvirials"
+    return OutputRequest(
+        stress=needs_stress(loss_fn) or wants_stress_table,
+        virials=needs_virials(loss_fn) or wants_stress_table,
+    )
+
+
+@dataclass
+class SWASettings:
+    """Stage two: from ``start_epoch`` the loss weights change and the lr anneals to ``lr``."""
+
+    start_epoch: int
+    loss_fn: torch.nn.Module
+    lr: float
+
+
+@dataclass
+class LoopSettings:
+    max_num_epochs: int
+    eval_interval: int
+    patience: int
+    clip_grad: Optional[float]
+    error_table: str
+
+
+@dataclass
+class Progress:
+    """Best validation loss per stage and the patience counter: what a restart must restore."""
+
+    epoch: int = 0
+    best: Dict[str, Tuple[float, int]] = field(default_factory=dict)
+    patience_counter: int = 0
+
+
+class ProgressDisplay:
+    """Batch progress on stderr for long epochs (a carriage-return line on terminals)."""
+
+    def __init__(self, total: int, label: str, min_interval_s: float = 2.0) -> None:
+        self.total = total
+        self.label = label
+        self.min_interval_s = min_interval_s
+        self.start = time.perf_counter()
+        self.last = self.start
+        self.shown = False
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.min_interval_s and done < self.total:
+            return
+        if not self.shown and done == self.total:
+            return
+        self.last = now
+        self.shown = True
+        rate = done / max(now - self.start, 1e-9)
+        remaining = (self.total - done) / max(rate, 1e-9)
+        end = "\r" if sys.stderr.isatty() else "\n"
+        print(f"{self.label}: {done}/{self.total} batches, {remaining:.0f} s left", end=end, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.shown and sys.stderr.isatty():
+            print(file=sys.stderr)
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: Iterable,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: Optional[ExponentialMovingAverage],
+    clip_grad: Optional[float],
+    device: torch.device,
+    request: OutputRequest,
+    label: str,
+) -> float:
+    """One pass over the training data; returns the mean batch loss."""
+    model.train()
+    display = ProgressDisplay(len(loader), label)
+    total = 0.0
+    for index, batch in enumerate(loader):
+        batch = batch_to_device(batch, device)
+        optimizer.zero_grad(set_to_none=True)
+        output = model(batch, training=True, **request.model_kwargs())
+        loss = loss_fn(batch, output)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(f"{label}: the training loss became {loss.item()} at batch {index}")
+        loss.backward()
+        if clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(_parameters_with_grad(optimizer), max_norm=clip_grad)
+        optimizer.step()
+        if ema is not None:
+            ema.update()
+        total += loss.item()
+        display.update(index + 1)
+    display.close()
+    return total / max(len(loader), 1)
+
+
+def _parameters_with_grad(optimizer: torch.optim.Optimizer) -> list:
+    return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+
+
+def evaluate(
+    model: torch.nn.Module,
+    loader: Iterable,
+    loss_fn: torch.nn.Module,
+    device: torch.device,
+    request: OutputRequest,
+) -> Tuple[float, Dict[str, float]]:
+    """Mean batch loss and error metrics over a data set (gradients only for forces)."""
+    model.eval()
+    accumulator = ErrorAccumulator()
+    total = 0.0
+    for batch in loader:
+        batch = batch_to_device(batch, device)
+        output = model(batch, training=False, **request.model_kwargs())
+        total += loss_fn(batch, output).item()
+        accumulator.add(batch, output)
+    return total / max(len(loader), 1), accumulator.metrics()
+
+
+class Trainer:
+    """Runs epochs from a given progress to the end, writing logs, results and checkpoints."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any,
+        ema: Optional[ExponentialMovingAverage],
+        swa: Optional[SWASettings],
+        train_loader: Iterable,
+        valid_loader: Iterable,
+        checkpoints: CheckpointHandler,
+        results_path: Path,
+        settings: LoopSettings,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.ema = ema
+        self.swa = swa
+        self.swa_scheduler: Optional[SWALR] = None
+        self.train_loader = train_loader
+        self.valid_loader = valid_loader
+        self.checkpoints = checkpoints
+        self.results_path = Path(results_path)
+        self.settings = settings
+        self.device = device
+        self.progress = Progress()
+
+    def in_swa_stage(self, epoch: int) -> bool:
+        return self.swa is not None and epoch >= self.swa.start_epoch
+
+    def stage_loss(self, epoch: int) -> torch.nn.Module:
+        return self.swa.loss_fn if self.in_swa_stage(epoch) else self.loss_fn
+
+    def averaged_parameters(self):
+        return self.ema.average_parameters() if self.ema is not None else nullcontext()
+
+    def state(self, epoch: int) -> Dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "swa_scheduler": None if self.swa_scheduler is None else self.swa_scheduler.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "epoch": epoch,
+            "best": dict(self.progress.best),
+            "patience_counter": self.progress.patience_counter,
+            "swa_start_epoch": None if self.swa is None else self.swa.start_epoch,
+        }
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        """Continue after the checkpointed epoch with every piece of optimiser state."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.swa is not None and state.get("swa_start_epoch") is not None:
+            self.swa.start_epoch = state["swa_start_epoch"]
+        if state.get("swa_scheduler") is not None:
+            self._start_swa_scheduler()
+            self.swa_scheduler.load_state_dict(state["swa_scheduler"])
+        self.progress = Progress(
+            epoch=state["epoch"] + 1, best=dict(state["best"]), patience_counter=state["patience_counter"]
+        )
+
+    def _start_swa_scheduler(self) -> None:
+        self.swa_scheduler = SWALR(self.optimizer, swa_lr=self.swa.lr, anneal_epochs=1, anneal_strategy="linear")
+
+    def run(self) -> None:
+        request = output_request_for(self.loss_fn, self.settings.error_table)
+        epoch = self.progress.epoch
+        last_epoch = self.settings.max_num_epochs - 1
+        epoch_times = []
+        while epoch <= last_epoch:
+            if self.in_swa_stage(epoch) and self.swa_scheduler is None:
+                logging.info("Epoch %d: starting the SWA stage (changing loss weights, lr -> %g)", epoch, self.swa.lr)
+                self._start_swa_scheduler()
+            started = time.perf_counter()
+            train_loss = self._train_epoch(epoch, request)
+            epoch_times.append(time.perf_counter() - started)
+            self._write_result({"mode": "opt", "epoch": epoch, "loss": train_loss, "time": epoch_times[-1]})
+            self._step_schedulers_after_epoch(epoch)
+            if epoch % self.settings.eval_interval == 0 or epoch == last_epoch:
+                stop = self._evaluate_and_checkpoint(epoch, request, epoch_times)
+                if stop:
+                    if self.swa is not None and not self.in_swa_stage(epoch):
+                        logging.info("No improvement for %d evaluations: jumping to the SWA stage", self.progress.patience_counter)
+                        epoch = max(epoch + 1, self.swa.start_epoch)
+                        self.swa.start_epoch = epoch
+                        self.progress.patience_counter = 0
+                        continue
+                    logging.info("Stopping: no improvement for %d evaluations (--patience)", self.progress.patience_counter)
+                    break
+            epoch += 1
+
+    def _train_epoch(self, epoch: int, request: OutputRequest) -> float:
+        try:
+            return train_one_epoch(
+                self.model,
+                self.train_loader,
+                self.stage_loss(epoch),
+                self.optimizer,
+                self.ema,
+                self.settings.clip_grad,
+                self.device,
+                request,
+                label=f"Epoch {epoch}",
+            )
+        except TrainingDivergedError as error:
+            latest = self.checkpoints.latest()
+            where = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+            raise TrainingDivergedError(
+                f"{error}; training stopped ({where}). Try a lower --lr or check the data for outliers."
+            ) from None
+
+    def _step_schedulers_after_epoch(self, epoch: int) -> None:
+        if self.in_swa_stage(epoch):
+            self.swa_scheduler.step()
+        elif not isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.lr_scheduler.step()
+
+    def _evaluate_and_checkpoint(self, epoch: int, request: OutputRequest, epoch_times: list) -> bool:
+        """Evaluate (EMA weights), log, save; returns True when patience ran out."""
+        loss_fn = self.stage_loss(epoch)
+        with self.averaged_parameters():
+            valid_loss, metrics = evaluate(self.model, self.valid_loader, loss_fn, self.device, request)
+        if not math.isfinite(valid_loss):
+            raise TrainingDivergedError(f"Epoch {epoch}: the validation loss became {valid_loss}")
+        if not self.in_swa_stage(epoch) and isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.lr_scheduler.step(valid_loss)
+        lr = self.optimizer.param_groups[0]["lr"]
+        eta = _eta(epoch_times, self.settings.max_num_epochs - epoch - 1)
+        logging.info(
+            "Epoch %d: %s, lr=%.2e, %.2f s/epoch, ETA %s",
+            epoch, evaluation_summary(self.settings.error_table, valid_loss, metrics), lr, epoch_times[-1], eta,
+        )
+        self._write_result({"mode": "eval", "epoch": epoch, "loss": valid_loss, "lr": lr, **metrics})
+        stage = "swa" if self.in_swa_stage(epoch) else "main"
+        best_loss, _ = self.progress.best.get(stage, (math.inf, -1))
+        if valid_loss < best_loss:
+            self.progress.best[stage] = (valid_loss, epoch)
+            self.progress.patience_counter = 0
+        else:
+            self.progress.patience_counter += 1
+        self.checkpoints.save(self.state(epoch), epoch, swa=stage == "swa", protected=self.best_checkpoint_paths())
+        return self.progress.patience_counter >= self.settings.patience
+
+    def best_checkpoint_paths(self) -> Tuple[Path, ...]:
+        return tuple(self.checkpoints.path(epoch, stage == "swa") for stage, (_, epoch) in self.progress.best.items())
+
+    def _write_result(self, record: Dict[str, Any]) -> None:
+        self.results_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.results_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _eta(epoch_times: list, remaining_epochs: int) -> str:
+    recent = epoch_times[-5:]
+    seconds = int(sum(recent) / len(recent) * max(remaining_epochs, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,44 @@
+"""Restricting a foundation model to fewer elements keeps its predictions exactly."""
+import pytest
+import torch
+
+from mace.modules.loading import load_model
+from mace.tools.errors import UserInputError
+from mace.tools.foundation import restrict_to_elements, set_e0s
+
+from .conftest import HCO, energies_forces, make_batch, max_difference, model_path
+
+
+def test_restricted_small_model_predicts_as_foundation(small_foundation, small_hco_template, acac_frames):
+    full = energies_forces(small_foundation, make_batch(small_foundation, acac_frames))
+    restricted = energies_forces(small_hco_template, make_batch(small_hco_template, acac_frames))
+    assert max_difference(full, restricted) < 1e-10
+    assert small_hco_template.atomic_numbers.tolist() == list(HCO)
+    assert small_hco_template.node_embedding.linear.irreps_in == "3x0e"
+    assert all(i.skip_tp.irreps_in2 == "3x0e" for i in small_hco_template.interactions)
+    assert small_hco_template.atomic_energies_fn.atomic_energies.shape == (1, 3)  # [heads, elements]
+
+
+def test_restricted_ten_element_model_predicts_as_foundation(acac_frames):
+    """MACE-OFF23 shape, 10 -> 3 elements: e3nn's fan-in normalisation changes, outputs must not."""
+    foundation = load_model(model_path("off23arch_v035"), dtype=torch.float64)
+    restricted = restrict_to_elements(foundation, [8, 1, 6, 6])
+    full = energies_forces(foundation, make_batch(foundation, acac_frames))
+    assert max_difference(full, energies_forces(restricted, make_batch(restricted, acac_frames))) < 1e-10
+    assert restricted.atomic_energies_fn.atomic_energies.shape == (3,)
+    assert foundation.atomic_numbers.numel() == 10  # the input model is left untouched
+
+
+def test_missing_elements_are_named(small_hco_template):
+    with pytest.raises(UserInputError, match="knows H, C, O; the training data also has: S, Cl"):
+        restrict_to_elements(small_hco_template, [1, 6, 16, 17])
+
+
+def test_set_e0s(small_hco, acac_frames):
+    before = energies_forces(small_hco, make_batch(small_hco, acac_frames))[0]
+    set_e0s(small_hco, {1: -1.0, 6: -2.0, 8: -3.0, 7: -99.0})
+    after = energies_forces(small_hco, make_batch(small_hco, acac_frames))[0]
+    assert small_hco.atomic_energies_fn.atomic_energies.tolist() == [[-1.0, -2.0, -3.0]]
+    assert not torch.allclose(before, after)
+    with pytest.raises(UserInputError, match="missing for element"):
+        set_e0s(small_hco, {1: -1.0})

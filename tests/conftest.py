@@ -1,0 +1,16 @@
+"""Test helpers shared by all test folders: where the read-only project data lives."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    """The shared data folder (env MMEA_SHARED, default <repo>/../shared); skip if absent."""
+    path = Path(os.environ.get("MMEA_SHARED", REPO_ROOT.parent / "shared"))
+    if not path.is_dir():
+        pytest.skip(f"shared data folder {path} not found (set MMEA_SHARED)")
+    return path

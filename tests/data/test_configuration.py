@@ -1,0 +1,193 @@
+"""Reading labelled structures, clear user errors, splits and reference energies."""
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from mace.data import (
+    Configuration,
+    check_labels,
+    compute_average_e0s,
+    config_from_atoms,
+    group_by_config_type,
+    load_from_xyz,
+    random_train_valid_split,
+)
+from mace.tools.atomic_numbers import atomic_number_table_from_zs
+from mace.tools.errors import UserInputError
+
+HEADER = 'Properties=species:S:1:pos:R:3:forces:R:3 {info} pbc="F F F"'
+
+
+def write_frames(path, frames) -> str:
+    """Write frames given as (info string, [(symbol, x, y, z, fx, fy, fz), ...])."""
+    lines = []
+    for info, atoms in frames:
+        lines += [str(len(atoms)), HEADER.format(info=info)]
+        lines += [" ".join(str(v) for v in atom) for atom in atoms]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+WATER = [("O", 0, 0, 0, 0.1, 0, 0), ("H", 0.96, 0, 0, -0.05, 0, 0), ("H", 0, 0.96, 0, -0.05, 0, 0)]
+
+
+def test_reads_energy_and_forces_moved_into_calculator_by_ase(tmp_path):
+    path = write_frames(tmp_path / "w.xyz", [("energy=-10.5 config_type=md", WATER)] * 2)
+    _, configs = load_from_xyz(path)
+    assert len(configs) == 2
+    config = configs[0]
+    assert config.energy == -10.5 and config.config_type == "md"
+    np.testing.assert_allclose(config.forces[:, 0], [0.1, -0.05, -0.05])
+    assert config.atomic_numbers.tolist() == [8, 1, 1]
+    assert (config.energy_weight, config.forces_weight) == (1.0, 1.0)
+    assert (config.stress_weight, config.virials_weight) == (0.0, 0.0)
+    assert config.pbc == (False, False, False) and not config.cell.any()
+
+
+def test_custom_keys_and_absent_forces(tmp_path):
+    atoms = [a[:4] for a in WATER]
+    text = "3\nProperties=species:S:1:pos:R:3 REF_energy=-3.0\n" + "\n".join(
+        " ".join(map(str, a)) for a in atoms
+    )
+    (tmp_path / "r.xyz").write_text(text + "\n")
+    _, configs = load_from_xyz(str(tmp_path / "r.xyz"), energy_key="REF_energy")
+    assert configs[0].energy == -3.0
+    assert configs[0].forces is None and configs[0].forces_weight == 0.0
+    with pytest.raises(UserInputError, match="no forces under key 'forces'"):
+        check_labels(configs, need_forces=True, path="r.xyz")
+    check_labels(configs, need_forces=False, path="r.xyz")
+
+
+def test_config_from_atoms_stress_voigt_weights_and_calculator():
+    atoms = Atoms("H2", positions=[[0, 0, 0], [0.7, 0, 0]], cell=np.eye(3) * 5, pbc=True)
+    atoms.info.update(config_type="bulk", REF_stress=[1, 2, 3, 4, 5, 6], config_weight=2.0)
+    atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=np.ones((2, 3)))
+    config = config_from_atoms(atoms, stress_key="REF_stress", config_type_weights={"bulk": 3.0})
+    assert config.energy == -1.0 and config.forces.shape == (2, 3)
+    np.testing.assert_array_equal(config.stress, [[1, 6, 5], [6, 2, 4], [5, 4, 3]])
+    assert config.stress_weight == 1.0 and config.weight == 6.0
+    assert config.pbc == (True, True, True)
+
+
+def test_configuration_zeroes_weights_of_absent_labels():
+    config = Configuration(np.array([1]), np.zeros((1, 3)), energy=None, energy_weight=5.0)
+    assert config.energy_weight == 0.0 and config.forces_weight == 0.0
+
+
+def test_isolated_atoms_give_e0s_and_are_dropped(tmp_path):
+    frames = [
+        ("energy=-13.6 config_type=IsolatedAtom", [("H", 0, 0, 0, 0, 0, 0)]),
+        ("energy=-2040.0 config_type=IsolatedAtom", [("O", 0, 0, 0, 0, 0, 0)]),
+        ("energy=-2080.0", WATER),
+    ]
+    path = write_frames(tmp_path / "iso.xyz", frames)
+    e0s, configs = load_from_xyz(path, extract_atomic_energies=True)
+    assert e0s == {1: -13.6, 8: -2040.0} and len(configs) == 1
+    _, kept = load_from_xyz(path, extract_atomic_energies=True, keep_isolated_atoms=True)
+    assert len(kept) == 3
+    e0s, configs = load_from_xyz(path)
+    assert e0s == {} and len(configs) == 3
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    missing = tmp_path / "nope.xyz"
+    with pytest.raises(UserInputError, match="nope.xyz does not exist"):
+        load_from_xyz(str(missing))
+
+
+def test_empty_file_is_a_user_error(tmp_path):
+    (tmp_path / "empty.xyz").write_text("")
+    with pytest.raises(UserInputError, match="empty.xyz contains no configurations"):
+        load_from_xyz(str(tmp_path / "empty.xyz"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "hello world\nnot xyz\n",
+        "3\nProperties=species:S:1:pos:R:3 energy=1\nH 0 0 0\n",
+        "1\nProperties=species:S:1:pos:R:3 energy=1\nH 0 0 0\n1\nenergy=2\nH 0 zero 0\n",
+    ],
+)
+def test_malformed_file_is_a_user_error_naming_the_file(tmp_path, text):
+    (tmp_path / "broken.xyz").write_text(text)
+    with pytest.raises(UserInputError, match="broken.xyz is not a valid extended XYZ file"):
+        load_from_xyz(str(tmp_path / "broken.xyz"))
+
+
+def test_frame_without_energy_names_frame_and_key(tmp_path):
+    frames = [("energy=-1.0", WATER), ("other=2.0 config_type=md", WATER)]
+    path = write_frames(tmp_path / "noe.xyz", frames)
+    with pytest.raises(UserInputError) as error:
+        load_from_xyz(path, energy_key="energy")
+    message = str(error.value)
+    assert "noe.xyz frame 1 has no 'energy' energy" in message
+    assert "config_type" in message and "other" in message
+    _, configs = load_from_xyz(path, require_energy=False)
+    assert configs[1].energy is None and configs[1].energy_weight == 0.0
+
+
+def test_unknown_chemical_symbol_in_file(tmp_path):
+    path = write_frames(tmp_path / "xx.xyz", [("energy=1", [("Xx", 0, 0, 0, 0, 0, 0)])])
+    with pytest.raises(UserInputError, match="xx.xyz frame 0 has unknown chemical symbol 'Xx'"):
+        load_from_xyz(path)
+
+
+def test_periodic_frame_without_cell_names_frame(tmp_path):
+    header = 'Properties=species:S:1:pos:R:3 energy=1 pbc="T T T"'
+    (tmp_path / "p.xyz").write_text(f"1\n{header}\nH 0 0 0\n")
+    with pytest.raises(UserInputError, match="p.xyz frame 0: the structure is periodic"):
+        load_from_xyz(str(tmp_path / "p.xyz"))
+
+
+def test_split_is_reproducible_and_matches_upstream_sizes():
+    items = list(range(100))
+    train, valid, valid_indices = random_train_valid_split(items, 0.5, seed=123)
+    again = random_train_valid_split(items, 0.5, seed=123)
+    assert (train, valid, valid_indices) == again
+    assert len(valid) == 50 and sorted(train + valid) == items and valid == valid_indices
+    assert random_train_valid_split(items, 0.5, seed=1)[1] != valid
+
+
+def test_split_uses_upstream_generator():
+    indices = list(range(10))
+    np.random.default_rng(5).shuffle(indices)
+    _, valid, _ = random_train_valid_split(list(range(10)), 0.3, seed=5)
+    assert valid == indices[7:]
+
+
+@pytest.mark.parametrize("fraction, size", [(0.0, 10), (1.0, 10), (1.5, 10), (0.1, 5)])
+def test_split_rejects_bad_fraction_or_empty_split(fraction, size):
+    with pytest.raises(UserInputError, match="valid_fraction"):
+        random_train_valid_split(list(range(size)), fraction, seed=0)
+
+
+def test_group_by_config_type_keeps_first_appearance_order():
+    def config(kind: str) -> Configuration:
+        return Configuration(np.array([1]), np.zeros((1, 3)), config_type=kind)
+
+    groups = group_by_config_type([config("b"), config("a"), config("b")])
+    assert [(name, len(items)) for name, items in groups] == [("b", 2), ("a", 1)]
+
+
+def test_average_e0s_recover_per_element_energies():
+    rng = np.random.default_rng(0)
+    true_e0 = {1: -13.6, 6: -1029.5, 8: -2041.9}
+    configs = []
+    for _ in range(40):
+        zs = rng.choice(list(true_e0), size=rng.integers(2, 12))
+        energy = sum(true_e0[int(z)] for z in zs)
+        configs.append(Configuration(zs, np.zeros((len(zs), 3)), energy=energy))
+    e0s = compute_average_e0s(configs, atomic_number_table_from_zs(true_e0))
+    assert set(e0s) == set(true_e0)
+    for z, value in true_e0.items():
+        assert e0s[z] == pytest.approx(value, abs=1e-8)
+
+
+def test_average_e0s_single_composition_gives_minimum_norm_solution():
+    zs = np.array([6, 1, 1, 1, 1])
+    configs = [Configuration(zs, np.zeros((5, 3)), energy=e) for e in (-1000.0, -1002.0)]
+    e0s = compute_average_e0s(configs, atomic_number_table_from_zs(zs))
+    assert 1 * e0s[6] + 4 * e0s[1] == pytest.approx(-1001.0)
+    assert e0s[1] == pytest.approx(4 * e0s[6])  # minimum norm: E0 proportional to counts
