@@ -133,3 +133,21 @@ def needs_stress(loss_fn: torch.nn.Module) -> bool:
 
 def needs_virials(loss_fn: torch.nn.Module) -> bool:
     return isinstance(loss_fn, WeightedEnergyForcesVirialsLoss)
+
+
+def build_loss(name: str, energy_weight: float, forces_weight: float, stress_weight: float,
+               virials_weight: float, huber_delta: float) -> torch.nn.Module:
+    """The loss that --loss names, with the given label weights (main or SWA stage)."""
+    if name == "ef":
+        return EnergyForcesLoss(energy_weight, forces_weight)
+    if name == "weighted":
+        return WeightedEnergyForcesLoss(energy_weight, forces_weight)
+    if name == "forces_only":
+        return WeightedForcesLoss(forces_weight)
+    if name == "stress":
+        return WeightedEnergyForcesStressLoss(energy_weight, forces_weight, stress_weight)
+    if name == "virials":
+        return WeightedEnergyForcesVirialsLoss(energy_weight, forces_weight, virials_weight)
+    if name == "huber":
+        return WeightedHuberEnergyForcesStressLoss(energy_weight, forces_weight, stress_weight, huber_delta)
+    raise ValueError(f"unsupported loss {name!r}")

@@ -35,6 +35,8 @@ def _kept_channels(model: MACE, zs: Sequence[int]) -> List[int]:
     """One-hot channels of the requested elements, in the foundation's (sorted) order."""
     known = [int(z) for z in model.atomic_numbers.tolist()]
     wanted = {int(z) for z in zs}
+    if not wanted:
+        raise UserInputError("no elements given: the training data has no atoms")
     missing = sorted(wanted - set(known))
     if missing:
         raise UserInputError(
@@ -77,16 +79,17 @@ def _path_weight_ratios(old: list, new: list) -> List[float]:
 
 def _restricted_node_embedding(linear: o3.Linear, keep: torch.Tensor) -> o3.Linear:
     """Linear from ``len(keep) x0e``: keep rows (inputs) of its (mul_in, mul_out) block."""
+    paths = _linear_paths(linear)
     restricted = o3.Linear(
         _element_irreps(len(keep)),
         linear.irreps_out,
         internal_weights=linear.internal_weights,
         shared_weights=linear.shared_weights,
-        instructions=[(ins.i_in, ins.i_out) for ins in _linear_paths(linear)],
+        instructions=[(ins.i_in, ins.i_out) for ins in paths],
         biases=linear.bias_numel > 0,
     ).to(device=linear.weight.device, dtype=linear.weight.dtype)
-    blocks = [block[keep] for block in _weight_blocks(linear, _linear_paths(linear))]
-    _copy_rescaled(restricted, blocks, _path_weight_ratios(_linear_paths(linear), _linear_paths(restricted)))
+    blocks = [block[keep] for block in _weight_blocks(linear, paths)]
+    _copy_rescaled(restricted, blocks, _path_weight_ratios(paths, _linear_paths(restricted)))
     with torch.no_grad():
         restricted.bias.copy_(linear.bias)
     return restricted
@@ -103,8 +106,9 @@ def _restricted_skip_tp(tp: o3.TensorProduct, keep: torch.Tensor) -> o3.FullyCon
         internal_weights=tp.internal_weights,
         shared_weights=tp.shared_weights,
     ).to(device=tp.weight.device, dtype=tp.weight.dtype)
-    blocks = [block[:, keep] for block in _weight_blocks(tp, _tp_paths(tp))]
-    _copy_rescaled(restricted, blocks, _path_weight_ratios(_tp_paths(tp), _tp_paths(restricted)))
+    paths = _tp_paths(tp)
+    blocks = [block[:, keep] for block in _weight_blocks(tp, paths)]
+    _copy_rescaled(restricted, blocks, _path_weight_ratios(paths, _tp_paths(restricted)))
     return restricted
 
 

@@ -1,0 +1,211 @@
+"""Train a MACE model, or fine-tune a foundation model with adapters (MMEA by default).
+
+    python -m mace.cli.run_train --name NAME --train_file train.xyz [--foundation_model F] ...
+
+The run is a short list of steps: parse -> data -> model (-> adapters) -> optimiser ->
+train -> save -> evaluate. Each step lives in the module it belongs to.
+"""
+import argparse
+import copy
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch_ema import ExponentialMovingAverage
+
+from mace.adapters import merge_elora
+from mace.adapters.io import save_adapter
+from mace.data import make_loader
+from mace.data.datasets import Datasets, dataset_elements, load_datasets
+from mace.modules.builder import build_model
+from mace.modules.loading import save_model
+from mace.modules.loss import build_loss
+from mace.modules.models import MACE
+from mace.tools.arg_parser import parse_args, parse_atomic_numbers, parse_e0s, parse_radial_mlp, resolve_adapter_settings
+from mace.tools.atomic_numbers import AtomicNumberTable
+from mace.tools.checkpoint import CheckpointHandler
+from mace.tools.cli import run_cli
+from mace.tools.finetuning import adapter_config, apply_adapters, prepare_foundation, resolve_foundation_path
+from mace.tools.logging_setup import setup_logging
+from mace.tools.optim import build_optimizer, build_scheduler
+from mace.tools.predict import model_graphs
+from mace.tools.reporting import evaluate_sets, log_error_table
+from mace.tools.statistics import average_num_neighbors, resolve_e0s, scale_and_shift
+from mace.tools.torch_setup import dtype_from_name, select_device, set_seeds
+from mace.tools.train import LoopSettings, SWASettings, Trainer, TrainingDivergedError, output_request_for
+
+
+@dataclass
+class RunPaths:
+    """Where a run writes, in upstream's layout."""
+
+    tag: str
+    log: Path
+    results: Path
+    valid_indices: Path
+    checkpoints: Path
+    model: Path
+    swa_model: Path
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "RunPaths":
+        tag = f"{args.name}_run-{args.seed}"
+        model_dir = Path(args.model_dir)
+        return cls(
+            tag=tag,
+            log=Path(args.log_dir) / f"{tag}.log",
+            results=Path(args.results_dir) / f"{tag}_train.txt",
+            valid_indices=Path(args.results_dir) / f"{tag}_valid_indices.txt",
+            checkpoints=Path(args.checkpoints_dir),
+            model=model_dir / f"{args.name}.model",
+            swa_model=model_dir / f"{args.name}_swa.model",
+        )
+
+
+def explicit_flag_names(argv: Sequence[str]) -> List[str]:
+    return [token[2:].split("=", 1)[0] for token in argv if token.startswith("--")]
+
+
+def build_run_model(args: argparse.Namespace, datasets: Datasets, argv: Sequence[str], device: torch.device) -> MACE:
+    """A model from hyperparameters, or the prepared foundation with its adapters."""
+    atomic_numbers = dataset_elements(datasets, parse_atomic_numbers(args.atomic_numbers))
+    table = AtomicNumberTable(atomic_numbers)
+    e0_spec = parse_e0s(args.E0s)
+    if args.foundation_model:
+        e0s = None
+        if e0_spec is not None or datasets.isolated_atom_e0s:
+            e0s = resolve_e0s(e0_spec, datasets.train, datasets.isolated_atom_e0s, table)
+        else:
+            logging.info("No --E0s and no IsolatedAtom frames: keeping the foundation model's E0s")
+        path = resolve_foundation_path(args.foundation_model)
+        model = prepare_foundation(args, path, atomic_numbers, e0s, explicit_flag_names(argv), device)
+        return apply_adapters(model, resolve_adapter_settings(args))
+    e0s = resolve_e0s(e0_spec, datasets.train, datasets.isolated_atom_e0s, table)
+    avg_neighbors = average_num_neighbors(datasets.train, args.r_max) if args.compute_avg_num_neighbors else float(args.avg_num_neighbors)
+    scale, shift = scale_and_shift(args.scaling, datasets.train, e0s)
+    scale = scale if args.std is None else float(args.std)
+    shift = shift if args.mean is None else float(args.mean)
+    logging.info("Average number of neighbours %.3f, scale %.5f, shift %.5f", avg_neighbors, scale, shift)
+    model = build_model(args, atomic_numbers, e0s, avg_neighbors, parse_radial_mlp(args.radial_MLP), scale, shift)
+    logging.info("Model: %s trainable parameters", f"{sum(p.numel() for p in model.parameters()):,}")
+    return model.to(device)
+
+
+def build_trainer(args: argparse.Namespace, model: MACE, datasets: Datasets, paths: RunPaths, device: torch.device) -> Trainer:
+    loss_fn = build_loss(args.loss, args.energy_weight, args.forces_weight, args.stress_weight, args.virials_weight, args.huber_delta)
+    swa = None
+    if args.swa:
+        swa_loss = build_loss(args.loss, args.swa_energy_weight, args.swa_forces_weight, args.swa_stress_weight, args.swa_virials_weight, args.huber_delta)
+        swa = SWASettings(start_epoch=args.start_swa, loss_fn=swa_loss, lr=args.swa_lr)
+    optimizer = build_optimizer(model, args)
+    ema = ExponentialMovingAverage(_trainable(model), decay=args.ema_decay) if args.ema else None
+    return Trainer(
+        model=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        lr_scheduler=build_scheduler(optimizer, args),
+        ema=ema,
+        swa=swa,
+        train_loader=make_loader(model_graphs(model, datasets.train), args.batch_size, shuffle=True, drop_last=len(datasets.train) > args.batch_size, seed=args.seed),
+        valid_loader=make_loader(model_graphs(model, datasets.valid), args.valid_batch_size, shuffle=False),
+        checkpoints=CheckpointHandler(str(paths.checkpoints), paths.tag, keep=args.keep_checkpoints or args.save_all_checkpoints),
+        results_path=paths.results,
+        settings=LoopSettings(
+            max_num_epochs=args.max_num_epochs,
+            eval_interval=args.eval_interval,
+            patience=args.patience,
+            clip_grad=args.clip_grad,
+            error_table=args.error_table,
+        ),
+        device=device,
+    )
+
+
+def _trainable(model: torch.nn.Module) -> List[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def restart_if_requested(trainer: Trainer, args: argparse.Namespace, device: torch.device) -> None:
+    if not args.restart_latest:
+        return
+    latest = trainer.checkpoints.latest()
+    if latest is None:
+        logging.info("--restart_latest: no checkpoint of this run yet, starting from scratch")
+        return
+    trainer.restore(CheckpointHandler.load(latest, device))
+    logging.info("Resuming after epoch %d from %s", trainer.progress.epoch - 1, latest)
+
+
+def final_models(trainer: Trainer, paths: RunPaths, device: torch.device) -> Iterator[Tuple[str, Path]]:
+    """Load the best checkpoint of each stage (EMA weights) into the model; yield its file name."""
+    for stage, (loss, epoch) in sorted(trainer.progress.best.items()):
+        state = CheckpointHandler.load(trainer.checkpoints.path(epoch, stage == "swa"), device)
+        trainer.model.load_state_dict(state["model"])
+        if trainer.ema is not None and state.get("ema") is not None:
+            trainer.ema.load_state_dict(state["ema"])
+            trainer.ema.copy_to()
+        target = paths.swa_model if stage == "swa" else paths.model
+        logging.info("Best %s-stage model: epoch %d (validation loss %.4f)", stage, epoch, loss)
+        yield stage, target
+
+
+def save_final_model(model: MACE, target: Path, args: argparse.Namespace) -> None:
+    to_save = model.to("cpu") if args.save_cpu else model
+    save_model(to_save, target)
+    logging.info("Saved model to %s", target)
+
+
+def save_finetuning_outputs(model: MACE, args: argparse.Namespace, model_path: Path) -> None:
+    """Next to NAME.model: NAME_adapter.pt (only trained tensors) and, for ELoRA, NAME_merged.model."""
+    settings = resolve_adapter_settings(args)
+    adapter_path = model_path.with_name(f"{model_path.stem}_adapter.pt")
+    foundation = resolve_foundation_path(args.foundation_model)
+    save_adapter(model, adapter_path, settings.method, adapter_config(settings), foundation)
+    logging.info("Saved adapter file to %s", adapter_path)
+    if settings.method == "elora":
+        merged_path = model_path.with_name(f"{model_path.stem}_merged.model")
+        save_model(merge_elora(copy.deepcopy(model)).to("cpu"), merged_path)
+        logging.info("Saved merged ELoRA model to %s", merged_path)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    paths = RunPaths.from_args(args)
+    setup_logging(args.log_level, paths.log)
+    logging.info("Command line: %s", " ".join(argv))
+    set_seeds(args.seed)
+    torch.set_default_dtype(dtype_from_name(args.default_dtype))
+    device = select_device(args.device)
+    datasets = load_datasets(args, paths.valid_indices)
+    model = build_run_model(args, datasets, argv, device)
+    trainer = build_trainer(args, model, datasets, paths, device)
+    restart_if_requested(trainer, args, device)
+    try:
+        trainer.run()
+    except TrainingDivergedError as error:
+        logging.error(str(error))
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 1
+    request = output_request_for(trainer.loss_fn, args.error_table)
+    sets = [("train", datasets.train), ("valid", datasets.valid)] + list(datasets.tests)
+    for stage, target in final_models(trainer, paths, device):
+        save_final_model(model, target, args)
+        model.to(device)
+        if args.foundation_model:
+            save_finetuning_outputs(model, args, target)
+        rows = evaluate_sets(model, sets, trainer.stage_loss(0), args.valid_batch_size, device, request)
+        log_error_table(f"{stage} model {target.name}", args.error_table, rows)
+    logging.info("Done")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    sys.exit(run_cli(lambda: run(args, argv)))
+
+
+if __name__ == "__main__":
+    main()

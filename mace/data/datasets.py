@@ -1,0 +1,97 @@
+"""The training, validation and test sets of a run, read as the flags say."""
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from mace.data.configuration import (
+    Configuration,
+    check_labels,
+    group_by_config_type,
+    load_from_xyz,
+    random_train_valid_split,
+)
+from mace.tools.arg_parser import parse_config_type_weights
+from mace.tools.errors import UserInputError
+from mace.tools.files import atomic_write
+
+NamedSet = Tuple[str, List[Configuration]]
+
+
+@dataclass
+class Datasets:
+    train: List[Configuration]
+    valid: List[Configuration]
+    tests: List[NamedSet] = field(default_factory=list)
+    isolated_atom_e0s: Dict[int, float] = field(default_factory=dict)
+
+    def all_configurations(self) -> List[Configuration]:
+        return self.train + self.valid + [c for _, configs in self.tests for c in configs]
+
+
+def _read(path: str, args: argparse.Namespace, **kwargs) -> Tuple[Dict[int, float], List[Configuration]]:
+    return load_from_xyz(
+        path,
+        energy_key=args.energy_key,
+        forces_key=args.forces_key,
+        stress_key=args.stress_key,
+        virials_key=args.virials_key,
+        config_type_weights=parse_config_type_weights(args.config_type_weights),
+        **kwargs,
+    )
+
+
+def test_sets(args: argparse.Namespace) -> List[NamedSet]:
+    """One set per test file (test_dir: every .xyz in it), split further by config_type."""
+    paths: List[Path] = []
+    if args.test_file:
+        paths.append(Path(args.test_file))
+    if args.test_dir:
+        directory = Path(args.test_dir)
+        if not directory.is_dir():
+            raise UserInputError(f"--test_dir {directory} is not a folder")
+        paths.extend(sorted(directory.glob("*.xyz")))
+    sets: List[NamedSet] = []
+    for path in paths:
+        _, configs = _read(str(path), args, require_energy=False)
+        groups = group_by_config_type(configs)
+        if len(groups) == 1:
+            sets.append((path.stem, groups[0][1]))
+        else:
+            sets.extend((f"{path.stem}:{config_type}", group) for config_type, group in groups)
+    return sets
+
+
+def load_datasets(args: argparse.Namespace, valid_indices_path: Path) -> Datasets:
+    """Train/valid (file or seeded split, chosen indices written to ``valid_indices_path``) and tests."""
+    isolated, train = _read(args.train_file, args, extract_atomic_energies=True, keep_isolated_atoms=args.keep_isolated_atoms)
+    check_labels(train, need_forces=True, path=args.train_file, forces_key=args.forces_key)
+    if args.valid_file:
+        _, valid = _read(args.valid_file, args)
+    else:
+        train, valid, indices = random_train_valid_split(train, args.valid_fraction, args.seed)
+        atomic_write(valid_indices_path, lambda tmp: np.savetxt(tmp, np.asarray(indices, dtype=int), fmt="%d"))
+        logging.info(
+            "Validation set: %d of %d configurations of %s (indices in %s)",
+            len(valid), len(train) + len(valid), args.train_file, valid_indices_path,
+        )
+    datasets = Datasets(train=train, valid=valid, tests=test_sets(args), isolated_atom_e0s=isolated)
+    logging.info(
+        "Data: %d training, %d validation configurations; test sets: %s",
+        len(train), len(valid), ", ".join(f"{name} ({len(c)})" for name, c in datasets.tests) or "none",
+    )
+    return datasets
+
+
+def dataset_elements(datasets: Datasets, explicit: Optional[List[int]]) -> List[int]:
+    """Elements of the model: --atomic_numbers if given (must cover the data), else those in the data."""
+    present = sorted({int(z) for c in datasets.all_configurations() for z in c.atomic_numbers})
+    if explicit is None:
+        return present
+    missing = sorted(set(present) - set(explicit))
+    if missing:
+        raise UserInputError(f"--atomic_numbers lacks elements present in the data: {missing}")
+    return sorted(explicit)

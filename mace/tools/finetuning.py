@@ -1,0 +1,156 @@
+"""Turning a foundation model file into the model that a fine-tuning run trains.
+
+Steps: resolve the file (a path, or a published model name downloaded to a cache), load
+it, warn where command-line architecture flags disagree with it (the foundation's
+architecture wins), keep only the data's elements, set the E0s, optionally re-initialise
+the readouts, and finally inject the adapters that decide what trains.
+"""
+import argparse
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from e3nn import o3
+
+from mace.adapters import count_trainable, inject_adapters, mmea_banner, trainable_parameter_table
+from mace.adapters.config import ELoRAConfig, MMEAConfig
+from mace.modules.blocks import LinearReadoutBlock, NonLinearReadoutBlock
+from mace.modules.loading import load_model
+from mace.modules.models import MACE
+from mace.tools.arg_parser import AdapterSettings
+from mace.tools.errors import UserInputError
+from mace.tools.files import atomic_write
+from mace.tools.foundation import restrict_to_elements, set_e0s
+
+PUBLISHED_MODELS: Dict[str, str] = {
+    "small": "https://github.com/ACEsuit/mace-mp/releases/download/mace_mp_0/2023-12-10-mace-128-L0_energy_epoch-249.model",
+    "medium": "https://github.com/ACEsuit/mace-mp/releases/download/mace_mp_0/2023-12-03-mace-128-L1_epoch-199.model",
+    "large": "https://github.com/ACEsuit/mace-mp/releases/download/mace_mp_0/MACE_MPtrj_2022.9.model",
+    "small_off": "https://github.com/ACEsuit/mace-off/raw/main/mace_off23/MACE-OFF23_small.model",
+    "medium_off": "https://github.com/ACEsuit/mace-off/raw/main/mace_off23/MACE-OFF23_medium.model",
+    "large_off": "https://github.com/ACEsuit/mace-off/raw/main/mace_off23/MACE-OFF23_large.model",
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MACE_CACHE", Path.home() / ".cache" / "mace"))
+
+
+def resolve_foundation_path(name_or_path: str) -> Path:
+    """A model file path; published names ('medium', 'medium_off', ...) are downloaded once."""
+    path = Path(name_or_path)
+    if path.is_file() or name_or_path not in PUBLISHED_MODELS:
+        if not path.is_file():
+            raise UserInputError(
+                f"--foundation_model {name_or_path}: no such file (published names: {', '.join(PUBLISHED_MODELS)})"
+            )
+        return path
+    url = PUBLISHED_MODELS[name_or_path]
+    cached = cache_dir() / url.rsplit("/", 1)[-1]
+    if not cached.is_file():
+        logging.info("Downloading foundation model '%s' from %s to %s", name_or_path, url, cached)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                data = response.read()
+        except (urllib.error.URLError, OSError) as error:
+            raise UserInputError(
+                f"--foundation_model {name_or_path}: could not download {url} ({error}); "
+                "download the file elsewhere and pass its path instead"
+            ) from None
+        atomic_write(cached, lambda temporary: Path(temporary).write_bytes(data))
+    return cached
+
+
+def foundation_architecture(model: MACE) -> Dict[str, object]:
+    """The hyperparameters of a loaded model, read off its modules."""
+    hidden = o3.Irreps(model.products[0].linear.irreps_out)
+    return {
+        "r_max": float(model.r_max),
+        "num_interactions": int(model.num_interactions),
+        "num_channels": hidden.count((0, 1)),
+        "max_L": max(ir.l for _, ir in hidden),
+        "max_ell": o3.Irreps(model.spherical_harmonics.irreps_out).lmax,
+        "correlation": model.products[0].symmetric_contractions.contractions[0].correlation,
+        "num_radial_basis": int(model.radial_embedding.out_dim),
+    }
+
+
+def warn_architecture_mismatch(args: argparse.Namespace, model: MACE, explicit_flags: Sequence[str]) -> None:
+    """Flags given on the command line that the foundation's architecture overrides."""
+    for flag, value in foundation_architecture(model).items():
+        if flag in explicit_flags and getattr(args, flag, None) is not None and getattr(args, flag) != value:
+            logging.warning(
+                "--%s=%s differs from the foundation model (%s); the foundation's architecture is used",
+                flag, getattr(args, flag), value,
+            )
+
+
+def reinitialise_readouts(model: MACE) -> None:
+    """Fresh readout weights (--foundation_model_readout turned off), same irreps as before."""
+    for index, readout in enumerate(model.readouts):
+        if isinstance(readout, NonLinearReadoutBlock):
+            gate = readout.non_linearity.acts[0].f if hasattr(readout.non_linearity.acts[0], "f") else None
+            fresh = NonLinearReadoutBlock(readout.linear_1.irreps_in, readout.linear_1.irreps_out, gate)
+        else:
+            fresh = LinearReadoutBlock(readout.linear.irreps_in)
+        model.readouts[index] = fresh.to(dtype=model.r_max.dtype, device=model.r_max.device)
+
+
+def adapter_config(settings: AdapterSettings):
+    if settings.method == "mmea":
+        return MMEAConfig(rank=settings.mmea_rank, std=settings.mmea_std, init=settings.mmea_init, phi=settings.mmea_phi)
+    if settings.method == "elora":
+        return ELoRAConfig(rank=settings.elora_rank, alpha=settings.elora_alpha)
+    return None
+
+
+def prepare_foundation(
+    args: argparse.Namespace,
+    foundation_path: Path,
+    atomic_numbers: List[int],
+    e0s: Optional[Dict[int, float]],
+    explicit_flags: Sequence[str],
+    device: torch.device,
+) -> MACE:
+    """Foundation restricted to the data's elements, with the run's E0s (None: keep the foundation's)."""
+    foundation = load_model(foundation_path, device=str(device), dtype=torch.get_default_dtype())
+    logging.info("Foundation model %s: %s", foundation_path, foundation_architecture(foundation))
+    warn_architecture_mismatch(args, foundation, explicit_flags)
+    model = restrict_to_elements(foundation, atomic_numbers)
+    if e0s is not None:
+        set_e0s(model, e0s)
+    if not args.foundation_model_readout:
+        reinitialise_readouts(model)
+    return model
+
+
+def apply_adapters(model: MACE, settings: AdapterSettings) -> MACE:
+    """Inject the chosen adapter, announce it and log where the trainable parameters are."""
+    config = adapter_config(settings)
+    if settings.method == "mmea":
+        banner = mmea_banner(settings.mmea_rank)
+        print(banner, flush=True)
+        logging.info("\n%s", banner)
+    model = inject_adapters(model, settings.method, config)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = count_trainable(model)
+    logging.info(
+        "Fine-tuning with adapter '%s': %s trainable of %s parameters (%.1f%%)",
+        settings.method, f"{trainable:,}", f"{total:,}", 100.0 * trainable / max(total, 1),
+    )
+    logging.info("Trainable parameters by module:\n%s", _format_table(trainable_parameter_table(model)))
+    return model
+
+
+def _format_table(rows: Sequence, depth: int = 3) -> str:
+    """Counts summed per module path cut to ``depth`` components (e.g. interactions.0.linear)."""
+    grouped: Dict[str, int] = {}
+    for name, count in rows:
+        key = ".".join(name.split(".")[:depth])
+        grouped[key] = grouped.get(key, 0) + count
+    width = max((len(name) for name in grouped), default=10)
+    return "\n".join(f"  {name:<{width}}  {count:>10,}" for name, count in grouped.items())
