@@ -7,7 +7,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The shared data folder (env MMEA_SHARED, default <repo>/../shared); skip if absent."""
     path = Path(os.environ.get("MMEA_SHARED", REPO_ROOT.parent / "shared"))

@@ -14,12 +14,12 @@ from mace.adapters.elora import LowRankUpdate, inject_elora, make_radial_basis_t
 from mace.adapters.mmea import MMEALinear, inject_mmea, mmea_banner
 from mace.modules.models import MACE
 
-AdapterSettings = Optional[Union[MMEAConfig, ELoRAConfig]]
+AdapterConfig = Optional[Union[MMEAConfig, ELoRAConfig]]
 SETTINGS_CLASSES: Dict[str, Optional[Type]] = {"mmea": MMEAConfig, "elora": ELoRAConfig, "none": None}
 ADAPTER_MODULES = (MMEALinear, LowRankUpdate)
 
 
-def default_settings(method: str) -> AdapterSettings:
+def default_settings(method: str) -> AdapterConfig:
     if method not in SETTINGS_CLASSES:
         raise ValueError(f"unknown adapter method {method!r}; choose one of {', '.join(SETTINGS_CLASSES)}")
     settings_class = SETTINGS_CLASSES[method]
@@ -34,7 +34,7 @@ def _train_everything(model: MACE) -> MACE:
     return model
 
 
-def inject_adapters(model: MACE, method: str, settings: AdapterSettings = None) -> MACE:
+def inject_adapters(model: MACE, method: str, settings: AdapterConfig = None) -> MACE:
     """Prepare ``model`` (in place) for fine-tuning with ``method``; ``settings=None``: defaults."""
     settings = default_settings(method) if settings is None else settings
     expected = SETTINGS_CLASSES[method]

@@ -31,6 +31,7 @@ from mace.adapters.config import ELoRAConfig
 from mace.modules.models import MACE
 from mace.modules.radial import BesselBasis
 from mace.modules.symmetric_contraction import Contraction
+from mace.tools.foundation import linear_weight_paths, tp_weight_paths
 
 IRREPS_ATTRIBUTES = ("irreps_in", "irreps_in1", "irreps_in2", "irreps_out")
 
@@ -106,14 +107,12 @@ class ElementLowRank(LowRankUpdate):
 
 def linear_blocks(linear: o3.Linear) -> List[Tuple[int, int]]:
     """(mul_in, mul_out) of each weighted instruction, in the order of the flat weight."""
-    return [tuple(ins.path_shape) for ins in linear.instructions if ins.i_in >= 0]
+    return [tuple(ins.path_shape) for ins in linear_weight_paths(linear)]
 
 
 def tensor_product_blocks(tp: o3.TensorProduct) -> List[Tuple[int, int]]:
     """Each weighted path as (product of its input multiplicities, output multiplicity)."""
-    return [
-        (prod(ins.path_shape[:-1]), ins.path_shape[-1]) for ins in tp.instructions if ins.has_weight
-    ]
+    return [(prod(ins.path_shape[:-1]), ins.path_shape[-1]) for ins in tp_weight_paths(tp)]
 
 
 def _has_internal_weight(module: torch.nn.Module) -> bool:

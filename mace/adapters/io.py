@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from mace.adapters import AdapterSettings, SETTINGS_CLASSES, inject_adapters
+from mace.adapters import AdapterConfig, SETTINGS_CLASSES, inject_adapters
 from mace.modules.loading import load_model
 from mace.modules.models import MACE
 from mace.tools.errors import UserInputError
@@ -51,7 +51,7 @@ def _finetuned_buffers(model: MACE) -> Dict[str, torch.Tensor]:
 
 
 def save_adapter(
-    model: MACE, path: PathLike, method: str, settings: AdapterSettings, foundation_path: PathLike
+    model: MACE, path: PathLike, method: str, settings: AdapterConfig, foundation_path: PathLike
 ) -> None:
     """Write the adapter of fine-tuned ``model`` (prepared from ``foundation_path``) to ``path``."""
     payload = {
@@ -73,13 +73,15 @@ def _read_adapter(path: PathLike) -> Dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not ours
-        raise UserInputError(f"Adapter file '{path}' could not be read: {error}") from error
+        raise UserInputError(
+            f"Adapter file '{path}' could not be read as an adapter file ({error!r})"
+        ) from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserInputError(f"'{path}' is not a MACE adapter file ({FORMAT})")
     return payload
 
 
-def _settings(method: str, values: Optional[Dict[str, Any]]) -> AdapterSettings:
+def _settings(method: str, values: Optional[Dict[str, Any]]) -> AdapterConfig:
     if method not in SETTINGS_CLASSES:
         raise UserInputError(f"Adapter method {method!r} is unknown to this version of mace")
     settings_class = SETTINGS_CLASSES[method]
@@ -87,6 +89,8 @@ def _settings(method: str, values: Optional[Dict[str, Any]]) -> AdapterSettings:
 
 
 def _check_foundation(foundation_path: PathLike, expected: str, adapter_path: PathLike) -> None:
+    if not Path(foundation_path).is_file():
+        raise UserInputError(f"Foundation model file '{foundation_path}' does not exist")
     actual = file_sha256(foundation_path)
     if actual != expected:
         raise UserInputError(

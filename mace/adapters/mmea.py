@@ -35,11 +35,7 @@ SCALAR = o3.Irrep("0e")
 
 def _block_slices(irreps: o3.Irreps) -> List[Tuple[int, int, o3.Irrep]]:
     """(start, multiplicity, irrep) of each block: "m x l" spans m*(2l+1) entries, channel-major."""
-    slices, start = [], 0
-    for mul, ir in irreps:
-        slices.append((start, mul, ir))
-        start += mul * ir.dim
-    return slices
+    return [(block.start, mul, ir) for block, (mul, ir) in zip(irreps.slices(), irreps)]
 
 
 def _zeroed_linear(n_in: int, n_out: int, like: torch.Tensor) -> torch.nn.Linear:
@@ -68,7 +64,9 @@ class MMEALinear(torch.nn.Module):
         self.base = base
         copy_irreps_attributes(base, self)
         self.phi = config.phi
-        self.input_scalars = [(start, mul) for start, mul, ir in _block_slices(base.irreps_in) if ir == SCALAR]
+        self.input_scalars = [
+            (start, mul) for start, mul, ir in _block_slices(base.irreps_in) if ir == SCALAR
+        ]
         self.output_blocks = _block_slices(base.irreps_out)
         num_scalars_in = sum(mul for _, mul in self.input_scalars)
         num_scalars_out = sum(mul for _, mul, ir in self.output_blocks if ir == SCALAR)

@@ -15,9 +15,15 @@ from mace.tools.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Write the fine-tuned model of a foundation model and an adapter file.")
-    parser.add_argument("--foundation_model", required=True, help="the foundation model file the adapter was trained on")
-    parser.add_argument("--adapter_file", required=True, help="adapter file written by fine-tuning (NAME_adapter.pt)")
+    parser = argparse.ArgumentParser(
+        description="Write the fine-tuned model of a foundation model and an adapter file."
+    )
+    parser.add_argument(
+        "--foundation_model", required=True, help="the foundation model file the adapter was trained on"
+    )
+    parser.add_argument(
+        "--adapter_file", required=True, help="adapter file written by fine-tuning (NAME_adapter.pt)"
+    )
     parser.add_argument("--output", required=True, help="model file to write")
     parser.add_argument("--merge", action="store_true", help="fold low-rank updates into the weights")
     return parser

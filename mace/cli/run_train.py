@@ -181,6 +181,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     datasets = load_datasets(args, paths.valid_indices)
     model = build_run_model(args, datasets, argv, device)
     trainer = build_trainer(args, model, datasets, paths, device)
+    trainer.checkpoints.remove_stale_temporaries()
     restart_if_requested(trainer, args, device)
     try:
         trainer.run()

@@ -69,16 +69,20 @@ def load_datasets(args: argparse.Namespace, valid_indices_path: Path) -> Dataset
     """Train/valid (file or seeded split, chosen indices written to ``valid_indices_path``) and tests."""
     isolated, train = _read(args.train_file, args, extract_atomic_energies=True, keep_isolated_atoms=args.keep_isolated_atoms)
     check_labels(train, need_forces=True, path=args.train_file, forces_key=args.forces_key)
+    indices: Optional[List[int]] = None
     if args.valid_file:
         _, valid = _read(args.valid_file, args)
     else:
         train, valid, indices = random_train_valid_split(train, args.valid_fraction, args.seed)
+    tests = test_sets(args)
+    if indices is not None:
+        # Written only once every file has been read, so bad input leaves no outputs behind.
         atomic_write(valid_indices_path, lambda tmp: np.savetxt(tmp, np.asarray(indices, dtype=int), fmt="%d"))
         logging.info(
             "Validation set: %d of %d configurations of %s (indices in %s)",
             len(valid), len(train) + len(valid), args.train_file, valid_indices_path,
         )
-    datasets = Datasets(train=train, valid=valid, tests=test_sets(args), isolated_atom_e0s=isolated)
+    datasets = Datasets(train=train, valid=valid, tests=tests, isolated_atom_e0s=isolated)
     logging.info(
         "Data: %d training, %d validation configurations; test sets: %s",
         len(train), len(valid), ", ".join(f"{name} ({len(c)})" for name, c in datasets.tests) or "none",

@@ -74,24 +74,41 @@ class Contraction(torch.nn.Module):
     def forward(self, node_feats: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
         """node_feats: [n, channels, sum dims], node_attrs: [n, n_elements] -> [n, channels * (2L+1)]
 
-        Per-node weights are selected first; the highest order is then a single matrix
-        product over (input component, parameter) pairs, which keeps the work in BLAS
-        instead of materialising U contracted with the weights of every element.
+        The polynomial is linear in the element attributes, so it is evaluated once per
+        element present, on that element's nodes, with its weights already contracted into
+        the coupling basis (no per-node copies of weights or coefficients).
         """
         num_nodes, num_channels, _ = node_feats.shape
+        result = node_feats.new_zeros(num_nodes, num_channels * self._output_dim())
+        for element in torch.nonzero(node_attrs.abs().sum(0)).flatten().tolist():
+            nodes = torch.nonzero(node_attrs[:, element]).flatten()
+            polynomial = self._element_polynomial(node_feats[nodes], element)
+            result = result.index_add(0, nodes, polynomial * node_attrs[nodes, element].unsqueeze(-1))
+        return result
+
+    def _output_dim(self) -> int:
+        basis = self.coupling_matrix(1)
+        return basis.shape[0] if basis.dim() == 3 else 1
+
+    def _element_polynomial(self, node_feats: torch.Tensor, element: int) -> torch.Tensor:
+        """Horner evaluation for nodes of one element: [n, channels, dim] -> [n, channels * (2L+1)]"""
+        num_nodes, num_channels, dim = node_feats.shape
+        features = node_feats.transpose(0, 1)
         basis = self.coupling_matrix(self.correlation)
-        weights = _node_weights(self.weights_max, node_attrs)
-        pairs = node_feats.unsqueeze(-1) * weights.unsqueeze(2)
-        result = pairs.reshape(num_nodes * num_channels, -1) @ basis.reshape(-1, pairs.shape[2] * pairs.shape[3]).T
-        for nu, order_weights in zip(range(self.correlation - 1, 0, -1), self.weights):
-            basis = self.coupling_matrix(nu)
-            coefficients = _node_weights(order_weights, node_attrs).reshape(num_nodes * num_channels, -1)
-            result = result + coefficients @ basis.reshape(-1, basis.shape[-1]).T
-            result = result.reshape(num_nodes * num_channels, -1, node_feats.shape[-1])
-            result = (result @ node_feats.reshape(num_nodes * num_channels, -1, 1)).squeeze(-1)
-        return result.reshape(num_nodes, -1)
+        coupled = torch.einsum("pik,kc->cip", basis.reshape(-1, dim, basis.shape[-1]), self.weights_max[element])
+        highest = self.correlation
+        if highest == 1:
+            result = torch.bmm(features, coupled)
+        else:
+            result = torch.baddbmm(self._coefficients(highest - 1, element), features, coupled)
+        for nu in range(highest - 1, 0, -1):
+            if nu < highest - 1:
+                result = result + self._coefficients(nu, element)
+            result = (result.reshape(num_channels, num_nodes, -1, dim) @ features.unsqueeze(-1)).squeeze(-1)
+        return result.transpose(0, 1).reshape(num_nodes, -1)
 
-
-def _node_weights(weights: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
-    """Element-dependent weights [elements, params, channels] -> per node [n, channels, params]."""
-    return torch.einsum("be,ekc->bck", node_attrs, weights)
+    def _coefficients(self, nu: int, element: int) -> torch.Tensor:
+        """Order-nu term U_nu w_nu[element], shaped [channels, 1, rest] to broadcast over nodes."""
+        basis = self.coupling_matrix(nu)
+        weights = self.weights[self.correlation - 1 - nu][element]
+        return (basis.reshape(-1, basis.shape[-1]) @ weights).T.unsqueeze(1)

@@ -46,6 +46,15 @@ class CheckpointHandler:
                 found.append((int(match.group(1)), match.group(2) is not None, path))
         return sorted(found, key=lambda item: (item[0], item[1]))
 
+    def remove_stale_temporaries(self) -> List[Path]:
+        """Delete half-written checkpoint files of this run left by a process killed mid-save."""
+        stale = sorted(self.directory.glob(f".{self.tag}_epoch-*.pt.*.tmp"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            logging.info("Removed %d unfinished checkpoint file(s) of an interrupted run", len(stale))
+        return stale
+
     def latest(self) -> Optional[Path]:
         checkpoints = self.list()
         return checkpoints[-1][2] if checkpoints else None

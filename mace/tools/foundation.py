@@ -57,11 +57,13 @@ def _weight_blocks(module: torch.nn.Module, instructions: list) -> List[torch.Te
     return [block.reshape(ins.path_shape) for block, ins in zip(blocks, instructions)]
 
 
-def _linear_paths(linear: o3.Linear) -> list:
+def linear_weight_paths(linear: o3.Linear) -> list:
+    """Instructions of an o3.Linear that own a (mul_in, mul_out) block of its flat weight."""
     return [ins for ins in linear.instructions if ins.i_in >= 0]
 
 
-def _tp_paths(tp: o3.TensorProduct) -> list:
+def tp_weight_paths(tp: o3.TensorProduct) -> list:
+    """Instructions of a TensorProduct that own a (path_shape) block of its flat weight."""
     return [ins for ins in tp.instructions if ins.has_weight]
 
 
@@ -79,7 +81,7 @@ def _path_weight_ratios(old: list, new: list) -> List[float]:
 
 def _restricted_node_embedding(linear: o3.Linear, keep: torch.Tensor) -> o3.Linear:
     """Linear from ``len(keep) x0e``: keep rows (inputs) of its (mul_in, mul_out) block."""
-    paths = _linear_paths(linear)
+    paths = linear_weight_paths(linear)
     restricted = o3.Linear(
         _element_irreps(len(keep)),
         linear.irreps_out,
@@ -89,7 +91,7 @@ def _restricted_node_embedding(linear: o3.Linear, keep: torch.Tensor) -> o3.Line
         biases=linear.bias_numel > 0,
     ).to(device=linear.weight.device, dtype=linear.weight.dtype)
     blocks = [block[keep] for block in _weight_blocks(linear, paths)]
-    _copy_rescaled(restricted, blocks, _path_weight_ratios(paths, _linear_paths(restricted)))
+    _copy_rescaled(restricted, blocks, _path_weight_ratios(paths, linear_weight_paths(restricted)))
     with torch.no_grad():
         restricted.bias.copy_(linear.bias)
     return restricted
@@ -106,9 +108,9 @@ def _restricted_skip_tp(tp: o3.TensorProduct, keep: torch.Tensor) -> o3.FullyCon
         internal_weights=tp.internal_weights,
         shared_weights=tp.shared_weights,
     ).to(device=tp.weight.device, dtype=tp.weight.dtype)
-    paths = _tp_paths(tp)
+    paths = tp_weight_paths(tp)
     blocks = [block[:, keep] for block in _weight_blocks(tp, paths)]
-    _copy_rescaled(restricted, blocks, _path_weight_ratios(paths, _tp_paths(restricted)))
+    _copy_rescaled(restricted, blocks, _path_weight_ratios(paths, tp_weight_paths(restricted)))
     return restricted
 
 

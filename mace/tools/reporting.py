@@ -25,7 +25,7 @@ def evaluate_sets(
         if not configs:
             continue
         loader = make_loader(model_graphs(model, configs), batch_size=batch_size, shuffle=False)
-        _, metrics = evaluate(model, loader, loss_fn, device, request)
+        _, metrics = evaluate(model, loader, loss_fn, device, request, label=f"Evaluating {name}")
         rows.append((name, metrics))
     return rows
 

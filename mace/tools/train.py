@@ -146,16 +146,20 @@ def evaluate(
     loss_fn: torch.nn.Module,
     device: torch.device,
     request: OutputRequest,
+    label: str = "Evaluation",
 ) -> Tuple[float, Dict[str, float]]:
     """Mean batch loss and error metrics over a data set (gradients only for forces)."""
     model.eval()
     accumulator = ErrorAccumulator()
+    display = ProgressDisplay(len(loader), label)
     total = 0.0
-    for batch in loader:
+    for index, batch in enumerate(loader):
         batch = batch_to_device(batch, device)
         output = model(batch, training=False, **request.model_kwargs())
         total += loss_fn(batch, output).item()
         accumulator.add(batch, output)
+        display.update(index + 1)
+    display.close()
     return total / max(len(loader), 1), accumulator.metrics()
 
 
@@ -290,7 +294,9 @@ class Trainer:
         """Evaluate (EMA weights), log, save; returns True when patience ran out."""
         loss_fn = self.stage_loss(epoch)
         with self.averaged_parameters():
-            valid_loss, metrics = evaluate(self.model, self.valid_loader, loss_fn, self.device, request)
+            valid_loss, metrics = evaluate(
+                self.model, self.valid_loader, loss_fn, self.device, request, label=f"Epoch {epoch} validation"
+            )
         if not math.isfinite(valid_loss):
             raise TrainingDivergedError(f"Epoch {epoch}: the validation loss became {valid_loss}")
         if not self.in_swa_stage(epoch) and isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

@@ -25,7 +25,8 @@ def _fine_tuned(model, method, settings):
 
 
 @pytest.mark.parametrize(
-    "method, settings", [("mmea", MMEAConfig(rank=4, phi="res")), ("elora", ELoRAConfig(rank=4)), ("none", None)]
+    "method, settings",
+    [("mmea", MMEAConfig(rank=4, phi="res")), ("elora", ELoRAConfig(rank=4)), ("none", None)],
 )
 def test_round_trip_predicts_identically(small_hco, acac_frames, tmp_path, method, settings):
     model = _fine_tuned(small_hco, method, settings)
@@ -51,8 +52,13 @@ def test_wrong_foundation_is_refused(small_hco, tmp_path):
         load_adapted_model(other, path)
 
 
-@pytest.mark.parametrize("method, settings, merge", [("elora", ELoRAConfig(rank=4), True), ("mmea", MMEAConfig(rank=4), False)])
-def test_apply_adapter_cli_writes_the_fine_tuned_model(small_hco, acac_frames, tmp_path, method, settings, merge):
+@pytest.mark.parametrize(
+    "method, settings, merge",
+    [("elora", ELoRAConfig(rank=4), True), ("mmea", MMEAConfig(rank=4), False)],
+)
+def test_apply_adapter_cli_writes_the_fine_tuned_model(
+    small_hco, acac_frames, tmp_path, method, settings, merge
+):
     model = _fine_tuned(small_hco, method, settings)
     adapter = tmp_path / "run_adapter.pt"
     save_adapter(model, adapter, method, settings, model_path("small_v0316"))

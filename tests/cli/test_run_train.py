@@ -1,0 +1,371 @@
+"""End-to-end tests of ``python -m mace.cli.run_train`` on 10 rMD17 aspirin configurations.
+
+Runs happen in-process through ``run_train.main`` (cwd = a temporary folder), except the
+restart test, which must SIGKILL a real process. Models are tiny (8 channels): the whole
+file needs about 30 s of CPU time.
+"""
+import json
+import logging
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence, Set
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+
+from mace.cli import run_train
+from mace.data import load_from_xyz
+from mace.modules import load_model
+from mace.tools.predict import predict
+
+ASPIRIN = Path("repro_data/dataset/dataset_rmd17/revised_aspirin")
+TINY_FLAGS = [
+    "--model=MACE", "--loss=ef", "--num_channels=8", "--max_L=1", "--correlation=2", "--r_max=4.0",
+    "--E0s=average", "--energy_key=REF_energy", "--forces_key=REF_forces", "--valid_fraction=0.5",
+    "--batch_size=5", "--valid_batch_size=5", "--eval_interval=1", "--device=cpu",
+]
+MAIN_RUN_FLAGS = TINY_FLAGS + [
+    "--name=tiny", "--train_file=tiny.xyz", "--max_num_epochs=4", "--ema", "--swa", "--start_swa=3",
+    "--error_table=TotalMAE", "--test_file=mixed.xyz", "--test_dir=tests",
+]
+TOTAL_MAE_HEADER = ["config_type", "MAE E / meV", "MAE F / meV / A", "relative F MAE %"]
+EVAL_LINE = re.compile(r"INFO: Epoch (\d+): loss=(\S+), MAE_E=\S+ meV, MAE_F=\S+ meV / A, lr=")
+
+
+def run_main(cwd: Path, argv: Sequence[str]) -> int:
+    """Exit code of ``run_train.main(argv)`` run in ``cwd``; restores the global state it changes."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    dtype, threads, previous_cwd = torch.get_default_dtype(), torch.get_num_threads(), os.getcwd()
+    torch.set_num_threads(1)
+    os.chdir(cwd)
+    try:
+        run_train.main(list(argv))
+    except SystemExit as exit_:
+        return exit_.code
+    finally:
+        os.chdir(previous_cwd)
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+            handler.close()
+        for handler in [h for h in handlers if h not in root.handlers]:
+            root.addHandler(handler)
+        root.setLevel(level)
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
+    raise AssertionError("run_train.main returned without calling sys.exit")
+
+
+def write_frames(path: Path, frames: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ase.io.write(path, frames, format="extxyz")
+    return path
+
+
+@pytest.fixture(scope="session")
+def aspirin(shared_dir: Path) -> list:
+    """The first 10 training frames of revised aspirin."""
+    return ase.io.read(shared_dir / ASPIRIN / "train.xyz", index=":10")
+
+
+def read_results(folder: Path, tag: str) -> List[dict]:
+    return [json.loads(line) for line in (folder / "results" / f"{tag}_train.txt").read_text().splitlines()]
+
+
+def eval_records(folder: Path, tag: str) -> List[dict]:
+    return [record for record in read_results(folder, tag) if record["mode"] == "eval"]
+
+
+def error_tables(log: str) -> Dict[str, List[List[str]]]:
+    """{title: rows (header first)} of every prettytable the log holds."""
+    tables: Dict[str, List[List[str]]] = {}
+    lines = log.splitlines()
+    for index, line in enumerate(lines):
+        match = re.search(r"Error-table on (.+):$", line)
+        if not match:
+            continue
+        rows = []
+        for row in lines[index + 1:]:
+            if not row.startswith(("+", "|")):
+                break
+            if row.startswith("|"):
+                rows.append([cell.strip() for cell in row.strip("|").split("|")])
+        tables[match.group(1)] = rows
+    return tables
+
+
+def temporaries(folder: Path) -> List[Path]:
+    return list(folder.rglob(".*.tmp"))
+
+
+# --------------------------------------------------------------------------------------
+# One full run (EMA, SWA, test file with two config_types, test folder with two files)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def main_run(aspirin: list, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("main_run")
+    write_frames(folder / "tiny.xyz", aspirin)
+    mixed = [frame.copy() for frame in aspirin[:4]]
+    for frame, config_type in zip(mixed, ["eq", "eq", "md", "md"]):
+        frame.info["config_type"] = config_type
+    write_frames(folder / "mixed.xyz", mixed)
+    write_frames(folder / "tests" / "a.xyz", aspirin[4:6])
+    write_frames(folder / "tests" / "b.xyz", aspirin[6:9])
+    assert run_main(folder, MAIN_RUN_FLAGS) == 0
+    return folder
+
+
+def test_training_lowers_the_validation_loss(main_run: Path) -> None:
+    main_stage = [record["loss"] for record in eval_records(main_run, "tiny_run-123") if record["epoch"] < 3]
+    assert len(main_stage) == 3
+    assert main_stage[-1] < main_stage[0]
+
+
+def test_results_are_json_lines_of_every_epoch(main_run: Path) -> None:
+    records = read_results(main_run, "tiny_run-123")
+    assert [(r["mode"], r["epoch"]) for r in records] == [(mode, e) for e in range(4) for mode in ("opt", "eval")]
+    for record in records:
+        assert math.isfinite(record["loss"])
+        if record["mode"] == "eval":
+            assert {"lr", "mae_e", "mae_f", "rmse_e", "rmse_f", "rel_mae_f"} <= set(record)
+
+
+def test_log_has_one_line_per_evaluation_and_the_final_tables(main_run: Path) -> None:
+    log = (main_run / "logs" / "tiny_run-123.log").read_text()
+    evaluations = EVAL_LINE.findall(log)
+    records = eval_records(main_run, "tiny_run-123")
+    assert [int(epoch) for epoch, _ in evaluations] == [0, 1, 2, 3]
+    for (_, loss), record in zip(evaluations, records):
+        assert float(loss) == pytest.approx(record["loss"], abs=1e-4)
+    assert "Epoch 3: starting the SWA stage" in log
+    tables = error_tables(log)
+    assert set(tables) == {"main model tiny.model", "swa model tiny_swa.model"}
+    for rows in tables.values():
+        assert rows[0] == TOTAL_MAE_HEADER
+        assert [row[0] for row in rows[1:]] == ["train", "valid", "mixed:eq", "mixed:md", "a", "b"]
+        assert all(float(cell) > 0 for row in rows[1:] for cell in row[1:])
+    assert log.rstrip().endswith("INFO: Done")
+
+
+def test_checkpoints_keep_the_best_main_and_the_latest_swa_epoch(main_run: Path) -> None:
+    records = eval_records(main_run, "tiny_run-123")
+    best_main = min((r for r in records if r["epoch"] < 3), key=lambda r: r["loss"])["epoch"]
+    names = sorted(path.name for path in (main_run / "checkpoints").iterdir())
+    assert names == sorted({f"tiny_run-123_epoch-{best_main}.pt", "tiny_run-123_epoch-3_swa.pt"})
+    state = torch.load(main_run / "checkpoints" / "tiny_run-123_epoch-3_swa.pt", weights_only=False)
+    assert state["epoch"] == 3 and state["ema"] is not None and state["swa_scheduler"] is not None
+    assert temporaries(main_run) == []
+
+
+def test_valid_indices_file_lists_the_held_out_half(main_run: Path) -> None:
+    indices = np.loadtxt(main_run / "results" / "tiny_run-123_valid_indices.txt", dtype=int)
+    assert indices.shape == (5,)
+    assert len(set(indices.tolist())) == 5 and set(indices.tolist()) <= set(range(10))
+
+
+@pytest.mark.parametrize("model_name, stage_epochs", [("tiny.model", {0, 1, 2}), ("tiny_swa.model", {3})])
+def test_model_files_are_the_best_ema_weights_of_their_stage(
+    main_run: Path, model_name: str, stage_epochs: Set[int]
+) -> None:
+    """Reloaded, each model reproduces the validation energy MAE of its stage's best evaluation."""
+    model = load_model(main_run / model_name)
+    stage = [r for r in eval_records(main_run, "tiny_run-123") if r["epoch"] in stage_epochs]
+    best = min(stage, key=lambda r: r["loss"])
+    _, configs = load_from_xyz(str(main_run / "tiny.xyz"), energy_key="REF_energy", forces_key="REF_forces")
+    indices = np.loadtxt(main_run / "results" / "tiny_run-123_valid_indices.txt", dtype=int)
+    valid = [configs[i] for i in indices]
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # graphs in the model's dtype, as eval_configs does
+    try:
+        predictions = predict(model, valid)
+    finally:
+        torch.set_default_dtype(dtype)
+    errors = np.array([p.energy - c.energy for p, c in zip(predictions, valid)])
+    assert float(np.mean(np.abs(errors))) == pytest.approx(best["mae_e"], rel=1e-8)
+    assert all(p.forces.shape == (21, 3) and np.isfinite(p.forces).all() for p in predictions)
+
+
+# --------------------------------------------------------------------------------------
+# Error-table types, bad input, divergence, reproducibility
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "table_type, header, log_metric",
+    [
+        ("TotalRMSE", ["config_type", "RMSE E / meV", "RMSE F / meV / A", "relative F RMSE %"], "RMSE_E="),
+        ("PerAtomRMSE", ["config_type", "RMSE E / meV / atom", "RMSE F / meV / A", "relative F RMSE %"],
+         "RMSE_E_per_atom="),
+    ],
+)
+def test_error_table_type_sets_the_columns(aspirin, tmp_path, table_type, header, log_metric) -> None:
+    write_frames(tmp_path / "tiny.xyz", aspirin)
+    argv = TINY_FLAGS + ["--name=t", "--train_file=tiny.xyz", "--max_num_epochs=1", f"--error_table={table_type}"]
+    assert run_main(tmp_path, argv) == 0
+    log = (tmp_path / "logs" / "t_run-123.log").read_text()
+    assert re.search(rf"INFO: Epoch 0: loss=\S+, {log_metric}\S+ meV", log)
+    tables = error_tables(log)
+    assert list(tables) == ["main model t.model"]
+    assert tables["main model t.model"][0] == header
+    assert [row[0] for row in tables["main model t.model"][1:]] == ["train", "valid"]
+    assert not (tmp_path / "t_swa.model").exists()
+
+
+def assert_no_training_outputs(folder: Path, name: str) -> None:
+    """Bad input stops the run before any output but the log is written."""
+    assert not (folder / f"{name}.model").exists()
+    assert not (folder / "checkpoints").exists() or not any((folder / "checkpoints").iterdir())
+    assert not (folder / "results").exists() or not any((folder / "results").iterdir())
+    assert temporaries(folder) == []
+
+
+def malformed_copy(source: Path, target: Path) -> Path:
+    """Frame 3 of ``source`` with one atom line cut short (3 of its 7 columns)."""
+    lines = source.read_text().splitlines(keepends=True)
+    bad_line = 3 * 23 + 2 + 5  # 23 lines per 21-atom frame; sixth atom of frame 3
+    lines[bad_line] = " ".join(lines[bad_line].split()[:3]) + "\n"
+    target.write_text("".join(lines))
+    return target
+
+
+def test_malformed_training_file_is_a_clear_error(aspirin, tmp_path, capsys) -> None:
+    malformed_copy(write_frames(tmp_path / "tiny.xyz", aspirin), tmp_path / "bad.xyz")
+    assert run_main(tmp_path, TINY_FLAGS + ["--name=bad", "--train_file=bad.xyz"]) == 1
+    message = capsys.readouterr().err
+    assert "ERROR: bad.xyz is not a valid extended XYZ file" in message and "frame 3" in message
+    assert "Traceback" not in message
+    assert_no_training_outputs(tmp_path, "bad")
+
+
+def test_malformed_test_file_leaves_no_outputs(aspirin, tmp_path, capsys) -> None:
+    malformed_copy(write_frames(tmp_path / "tiny.xyz", aspirin), tmp_path / "bad_test.xyz")
+    argv = TINY_FLAGS + ["--name=bad", "--train_file=tiny.xyz", "--test_file=bad_test.xyz"]
+    assert run_main(tmp_path, argv) == 1
+    assert "bad_test.xyz" in capsys.readouterr().err
+    assert_no_training_outputs(tmp_path, "bad")
+
+
+def test_missing_energy_key_is_a_clear_error(aspirin, tmp_path, capsys) -> None:
+    write_frames(tmp_path / "tiny.xyz", aspirin)
+    argv = TINY_FLAGS + ["--name=nokey", "--train_file=tiny.xyz", "--energy_key=DFT_energy"]
+    assert run_main(tmp_path, argv) == 1
+    message = capsys.readouterr().err
+    assert "ERROR: tiny.xyz frame 0 has no 'DFT_energy' energy (keys present: REF_energy" in message
+    assert_no_training_outputs(tmp_path, "nokey")
+    assert "has no 'DFT_energy' energy" in (tmp_path / "logs" / "nokey_run-123.log").read_text()
+
+
+def test_nan_energy_stops_the_run_with_a_clear_error(aspirin, tmp_path, capsys) -> None:
+    frames = [frame.copy() for frame in aspirin]
+    frames[2].info["REF_energy"] = float("nan")
+    write_frames(tmp_path / "nan.xyz", frames)
+    assert run_main(tmp_path, TINY_FLAGS + ["--name=nan", "--train_file=nan.xyz", "--max_num_epochs=2"]) == 1
+    message = capsys.readouterr().err
+    assert re.search(r"ERROR: Epoch 0: the (training|validation) loss became nan", message)
+    assert "Traceback" not in message
+    assert not (tmp_path / "nan.model").exists()
+    assert "became nan" in (tmp_path / "logs" / "nan_run-123.log").read_text()
+
+
+def test_runs_with_the_same_seed_are_identical(aspirin, tmp_path) -> None:
+    losses = []
+    for run in ("first", "second"):
+        write_frames(tmp_path / run / "tiny.xyz", aspirin)
+        assert run_main(tmp_path / run, TINY_FLAGS + ["--name=r", "--train_file=tiny.xyz", "--max_num_epochs=2"]) == 0
+        losses.append([(r["mode"], r["epoch"], r["loss"]) for r in read_results(tmp_path / run, "r_run-123")])
+    assert len(losses[0]) == 4
+    assert losses[0] == losses[1]
+    indices = [(tmp_path / run / "results" / "r_run-123_valid_indices.txt").read_text() for run in ("first", "second")]
+    assert indices[0] == indices[1]
+
+
+# --------------------------------------------------------------------------------------
+# The seed's quick-validation command, and a restart after SIGKILL
+# --------------------------------------------------------------------------------------
+
+
+def seed_quick_validation_flags(shared_dir: Path) -> List[str]:
+    """The flags of the run_train command under 'Quick Validation' in the seed README, as written."""
+    readme = (shared_dir / "seed" / "MMEA-README.md").read_text()
+    section = readme.split("## Quick Validation", 1)[1]
+    line = next(row for row in section.splitlines() if row.strip().startswith("python -m mace.cli.run_train"))
+    return shlex.split(line)[3:]
+
+
+def rewrite_flags(tokens: Sequence[str], replace: Dict[str, str], drop: Sequence[str]) -> List[str]:
+    """``tokens`` with the values of ``replace``'s flags swapped and ``drop``'s flags removed."""
+    flags = {token.split("=", 1)[0] for token in tokens}
+    assert set(replace) | set(drop) <= flags, "the seed command no longer has these flags"
+    result = []
+    for token in tokens:
+        flag = token.split("=", 1)[0]
+        if flag not in drop:
+            result.append(f"{flag}={replace[flag]}" if flag in replace else token)
+    return result
+
+
+def test_seed_quick_validation_command_runs(shared_dir, aspirin, tmp_path) -> None:
+    """The README command with --device=cpu --max_num_epochs=2, no foundation, 8 channels, 10 frames."""
+    write_frames(tmp_path / "train.xyz", aspirin)
+    write_frames(tmp_path / "test.xyz", ase.io.read(shared_dir / ASPIRIN / "test.xyz", index=":10"))
+    argv = rewrite_flags(
+        seed_quick_validation_flags(shared_dir),
+        replace={"--device": "cpu", "--max_num_epochs": "2", "--num_channels": "8",
+                 "--train_file": "train.xyz", "--test_file": "test.xyz"},
+        drop=["--foundation_model"],
+    )
+    assert "--swa" in argv and "--ema" in argv and "--start_swa=400" in argv
+    with pytest.warns(UserWarning, match="SWA will never start"):
+        assert run_main(tmp_path, argv) == 0
+    assert (tmp_path / "rmd17-Aspirin.model").is_file()
+    assert not (tmp_path / "rmd17-Aspirin_swa.model").exists()
+    assert [r["epoch"] for r in eval_records(tmp_path, "rmd17-Aspirin_run-123")] == [0, 1]
+    tables = error_tables((tmp_path / "logs" / "rmd17-Aspirin_run-123.log").read_text())
+    rows = tables["main model rmd17-Aspirin.model"]
+    assert rows[0] == TOTAL_MAE_HEADER
+    assert [row[0] for row in rows[1:]] == ["train", "valid", "test"]
+
+
+def test_sigkill_then_restart_latest_continues_and_finishes(aspirin, tmp_path) -> None:
+    write_frames(tmp_path / "tiny.xyz", aspirin)
+    argv = TINY_FLAGS + [
+        "--name=resume", "--train_file=tiny.xyz", "--max_num_epochs=5", "--ema", "--swa", "--start_swa=3",
+    ]
+    checkpoints = tmp_path / "checkpoints"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "mace.cli.run_train", *argv], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(checkpoints.glob("resume_run-123_epoch-*.pt")):
+            assert process.poll() is None, f"run_train exited with {process.returncode} before a checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (tmp_path / "resume.model").exists()
+    killed_at = max(int(re.search(r"epoch-(\d+)", p.name).group(1)) for p in checkpoints.glob("*.pt"))
+    lines_before = len(read_results(tmp_path, "resume_run-123"))
+
+    assert run_main(tmp_path, argv + ["--restart_latest"]) == 0
+    log = (tmp_path / "logs" / "resume_run-123.log").read_text()
+    assert f"Resuming after epoch {killed_at} from checkpoints/resume_run-123_epoch-{killed_at}.pt" in log
+    resumed = read_results(tmp_path, "resume_run-123")[lines_before:]
+    assert resumed and all(record["epoch"] > killed_at for record in resumed)
+    assert [r["epoch"] for r in resumed if r["mode"] == "eval"] == list(range(killed_at + 1, 5))
+    assert (tmp_path / "resume.model").is_file() and (tmp_path / "resume_swa.model").is_file()
+    assert log.rstrip().endswith("INFO: Done")
+    assert temporaries(tmp_path) == []
