@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["mace", "mace.*"]),
     install_requires=[
-        "torch>=1.12",
+        "torch>=2.0",
         "e3nn==0.4.4",
         "numpy",
         "opt_einsum",

@@ -47,6 +47,13 @@ def inject_adapters(model: MACE, method: str, settings: AdapterConfig = None) ->
     return _train_everything(model)
 
 
+def train_readouts(model: MACE) -> MACE:
+    """Readouts re-initialised for the new data (--foundation_model_readout off) must learn fully."""
+    for parameter in model.readouts.parameters():
+        parameter.requires_grad_(True)
+    return model
+
+
 def count_trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -79,5 +86,6 @@ __all__ = [
     "inject_adapters",
     "merge_elora",
     "mmea_banner",
+    "train_readouts",
     "trainable_parameter_table",
 ]

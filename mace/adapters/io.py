@@ -8,7 +8,8 @@ An adapter file (``NAME_adapter.pt``) holds a plain dictionary, readable with
 - ``foundation_sha256``: hash of the foundation file the adapter was trained on;
 - ``parameters``: every trainable tensor (``requires_grad``) by state_dict name;
 - ``buffers``: the non-parameter state fine-tuning sets: the E0s and, for
-  ScaleShiftMACE, scale and shift.
+  ScaleShiftMACE, scale and shift;
+- ``readouts_trained``: the readouts were re-initialised and trained in full.
 Rebuilding repeats the fine-tuning preparation (restrict elements, inject the adapter),
 then loads those tensors, so the result predicts exactly as the fine-tuned model.
 """
@@ -63,6 +64,7 @@ def save_adapter(
         "foundation_sha256": file_sha256(foundation_path),
         "parameters": _trainable_tensors(model),
         "buffers": _finetuned_buffers(model),
+        "readouts_trained": readouts_trained,
     }
     atomic_torch_save(payload, path)
 
@@ -125,5 +127,7 @@ def load_adapted_model(foundation_path: PathLike, adapter_path: PathLike, device
     model = restrict_to_elements(foundation, payload["atomic_numbers"])
     method = payload["method"]
     inject_adapters(model, method, _settings(method, payload["settings"]))
+    if payload.get("readouts_trained", False):
+        train_readouts(model)
     _load_tensors(model, payload, adapter_path)
     return model

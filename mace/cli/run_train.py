@@ -82,7 +82,7 @@ def build_run_model(args: argparse.Namespace, datasets: Datasets, argv: Sequence
             logging.info("No --E0s and no IsolatedAtom frames: keeping the foundation model's E0s")
         path = resolve_foundation_path(args.foundation_model)
         model = prepare_foundation(args, path, atomic_numbers, e0s, explicit_flag_names(argv), device)
-        return apply_adapters(model, resolve_adapter_settings(args))
+        return apply_adapters(model, resolve_adapter_settings(args), readouts_trained=not args.foundation_model_readout)
     e0s = resolve_e0s(e0_spec, datasets.train, datasets.isolated_atom_e0s, table)
     avg_neighbors = average_num_neighbors(datasets.train, args.r_max) if args.compute_avg_num_neighbors else float(args.avg_num_neighbors)
     scale, shift = scale_and_shift(args.scaling, datasets.train, e0s)
@@ -163,7 +163,10 @@ def save_finetuning_outputs(model: MACE, args: argparse.Namespace, model_path: P
     settings = resolve_adapter_settings(args)
     adapter_path = model_path.with_name(f"{model_path.stem}_adapter.pt")
     foundation = resolve_foundation_path(args.foundation_model)
-    save_adapter(model, adapter_path, settings.method, adapter_config(settings), foundation)
+    save_adapter(
+        model, adapter_path, settings.method, adapter_config(settings), foundation,
+        readouts_trained=not args.foundation_model_readout,
+    )
     logging.info("Saved adapter file to %s", adapter_path)
     if settings.method == "elora":
         merged_path = model_path.with_name(f"{model_path.stem}_merged.model")

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from e3nn import o3
 
-from mace.adapters import count_trainable, inject_adapters, mmea_banner, trainable_parameter_table
+from mace.adapters import count_trainable, inject_adapters, mmea_banner, train_readouts, trainable_parameter_table
 from mace.adapters.config import ELoRAConfig, MMEAConfig
 from mace.modules.blocks import LinearReadoutBlock, NonLinearReadoutBlock
 from mace.modules.loading import load_model
@@ -102,7 +102,14 @@ def reinitialise_readouts(model: MACE) -> None:
 
 def adapter_config(settings: AdapterSettings):
     if settings.method == "mmea":
-        return MMEAConfig(rank=settings.mmea_rank, std=settings.mmea_std, init=settings.mmea_init, phi=settings.mmea_phi)
+        return MMEAConfig(
+            rank=settings.mmea_rank,
+            std=settings.mmea_std,
+            init=settings.mmea_init,
+            phi=settings.mmea_phi,
+            lora_rank=settings.elora_rank,
+            lora_alpha=settings.elora_alpha,
+        )
     if settings.method == "elora":
         return ELoRAConfig(rank=settings.elora_rank, alpha=settings.elora_alpha)
     return None
@@ -128,7 +135,7 @@ def prepare_foundation(
     return model
 
 
-def apply_adapters(model: MACE, settings: AdapterSettings) -> MACE:
+def apply_adapters(model: MACE, settings: AdapterSettings, readouts_trained: bool) -> MACE:
     """Inject the chosen adapter, announce it and log where the trainable parameters are."""
     config = adapter_config(settings)
     if settings.method == "mmea":
@@ -136,6 +143,8 @@ def apply_adapters(model: MACE, settings: AdapterSettings) -> MACE:
         print(banner, flush=True)
         logging.info("\n%s", banner)
     model = inject_adapters(model, settings.method, config)
+    if readouts_trained:
+        train_readouts(model)
     total = sum(p.numel() for p in model.parameters())
     trainable = count_trainable(model)
     logging.info(
