@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from mace.adapters import AdapterConfig, SETTINGS_CLASSES, inject_adapters
+from mace.adapters import SETTINGS_CLASSES, AdapterConfig, inject_adapters, train_readouts
 from mace.modules.loading import load_model
 from mace.modules.models import MACE
 from mace.tools.errors import UserInputError
@@ -52,7 +52,12 @@ def _finetuned_buffers(model: MACE) -> Dict[str, torch.Tensor]:
 
 
 def save_adapter(
-    model: MACE, path: PathLike, method: str, settings: AdapterConfig, foundation_path: PathLike
+    model: MACE,
+    path: PathLike,
+    method: str,
+    settings: AdapterConfig,
+    foundation_path: PathLike,
+    readouts_trained: bool = False,
 ) -> None:
     """Write the adapter of fine-tuned ``model`` (prepared from ``foundation_path``) to ``path``."""
     payload = {
