@@ -36,9 +36,14 @@ def collate_graphs(graphs: List[Graph]) -> Graph:
     return batch
 
 
-def batch_to_device(batch: Graph, device: Union[torch.device, str]) -> Graph:
-    """Copy of ``batch`` with every tensor on ``device``."""
-    return {key: value.to(device) for key, value in batch.items()}
+def batch_to_device(
+    batch: Graph, device: Union[torch.device, str], dtype: Optional[torch.dtype] = None
+) -> Graph:
+    """Copy of ``batch`` on ``device``; with ``dtype``, floating tensors are cast to it (the model's)."""
+    return {
+        key: value.to(device=device, dtype=dtype) if dtype is not None and value.is_floating_point() else value.to(device)
+        for key, value in batch.items()
+    }
 
 
 def make_loader(

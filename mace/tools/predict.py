@@ -42,11 +42,12 @@ def predict(
     compute_stress: bool = False,
 ) -> List[Prediction]:
     """Evaluate ``model`` (on its own device) on every configuration, in order."""
-    device = next(model.buffers()).device
+    device = model.r_max.device
+    dtype = model.r_max.dtype
     graphs = model_graphs(model, configs)
     predictions: List[Prediction] = []
     for start in range(0, len(graphs), batch_size):
-        batch = batch_to_device(collate_graphs(graphs[start : start + batch_size]), device)
+        batch = batch_to_device(collate_graphs(graphs[start : start + batch_size]), device, dtype)
         output = model(batch, training=False, compute_force=True, compute_stress=compute_stress)
         predictions.extend(_split_batch_output(batch, output, compute_stress))
     return predictions
