@@ -1,0 +1,38 @@
+"""eval_configs writes upstream's keys with our predictions, and fails cleanly on bad input."""
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+
+from mace.cli import eval_configs
+
+
+def conformance_pair(shared: Path):
+    predictions = sorted((shared / "conformance" / "predictions").glob("small_v0316__*.xyz"))[0]
+    return shared / "conformance" / "models" / "small_v0316.model", predictions
+
+
+def test_writes_energies_and_forces_matching_upstream(shared_dir: Path, tmp_path: Path) -> None:
+    model, configs = conformance_pair(shared_dir)
+    output = tmp_path / "out.xyz"
+    with pytest.raises(SystemExit) as exit_info:
+        eval_configs.main(["--configs", str(configs), "--model", str(model), "--output", str(output),
+                           "--info_prefix", "OURS_", "--batch_size", "3"])
+    assert exit_info.value.code == 0
+    written = ase.io.read(output, index=":")
+    reference = ase.io.read(configs, index=":")
+    assert len(written) == len(reference)
+    for ours, theirs in zip(written, reference):
+        assert abs(ours.info["OURS_energy"] - theirs.info["MACE_energy"]) < 1e-6
+        np.testing.assert_allclose(ours.arrays["OURS_forces"], theirs.arrays["MACE_forces"], atol=1e-6)
+
+
+def test_missing_configs_file_is_one_clear_error(shared_dir: Path, tmp_path: Path, capsys) -> None:
+    model, _ = conformance_pair(shared_dir)
+    output = tmp_path / "out.xyz"
+    with pytest.raises(SystemExit) as exit_info:
+        eval_configs.main(["--configs", str(tmp_path / "absent.xyz"), "--model", str(model), "--output", str(output)])
+    assert exit_info.value.code == 1
+    assert "absent.xyz" in capsys.readouterr().err
+    assert not output.exists()

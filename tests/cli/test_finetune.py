@@ -1,0 +1,112 @@
+"""Fine-tuning from the command line: each adapter method's outputs, frozen weights, adapter files."""
+from pathlib import Path
+from typing import List
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+
+from mace.adapters.io import load_adapted_model
+from mace.cli import apply_adapter, run_train
+from mace.data import config_from_atoms
+from mace.modules import load_model
+from mace.tools.errors import UserInputError
+from mace.tools.finetuning import resolve_foundation_path
+from mace.tools.foundation import restrict_to_elements
+from mace.tools.predict import predict
+
+FOUNDATION = "conformance/models/small_v0316.model"
+ASPIRIN = "repro_data/dataset/dataset_rmd17/revised_aspirin/train.xyz"
+
+
+@pytest.fixture
+def workdir(shared_dir: Path, tmp_path: Path, monkeypatch) -> Path:
+    frames = ase.io.read(shared_dir / ASPIRIN, index=":8")
+    ase.io.write(tmp_path / "train.xyz", frames[:6])
+    ase.io.write(tmp_path / "test.xyz", frames[6:])
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def finetune(shared: Path, name: str, extra: List[str]) -> int:
+    argv = [
+        f"--name={name}", "--train_file=train.xyz", "--valid_fraction=0.5", "--test_file=test.xyz",
+        "--E0s=average", "--energy_key=REF_energy", "--forces_key=REF_forces", "--batch_size=3",
+        "--valid_batch_size=3", "--max_num_epochs=2", "--eval_interval=1", "--lr=0.01",
+        "--default_dtype=float64", f"--foundation_model={shared / FOUNDATION}", *extra,
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        run_train.main(argv)
+    return exit_info.value.code
+
+
+def energies_and_forces(model, frames):
+    predictions = predict(model, [config_from_atoms(atoms) for atoms in frames])
+    return np.array([p.energy for p in predictions]), np.concatenate([p.forces for p in predictions])
+
+
+@pytest.mark.parametrize("method", ["mmea", "elora", "none"])
+def test_each_method_writes_its_outputs_and_rebuilds(shared_dir: Path, workdir: Path, method: str, capsys) -> None:
+    assert finetune(shared_dir, method, [f"--adapter={method}", "--num_channels=128"]) == 0
+    stdout = capsys.readouterr().out
+    assert ("MMEA_RANK:  16" in stdout) == (method == "mmea")
+    log = (workdir / "logs" / f"{method}_run-123.log").read_text()
+    assert f"Fine-tuning with adapter '{method}'" in log and "trainable of" in log
+    assert "--num_channels=128 differs from the foundation model (16)" in log
+
+    model = load_model(workdir / f"{method}.model", dtype=torch.float64)
+    frames = ase.io.read(workdir / "test.xyz", index=":")
+    reference = energies_and_forces(model, frames)
+    rebuilt = load_adapted_model(shared_dir / FOUNDATION, workdir / f"{method}_adapter.pt")
+    for ours, theirs in zip(reference, energies_and_forces(rebuilt, frames)):
+        np.testing.assert_allclose(ours, theirs, atol=1e-10, rtol=0)
+    if method == "elora":
+        merged = load_model(workdir / "elora_merged.model", dtype=torch.float64)
+        for ours, theirs in zip(reference, energies_and_forces(merged, frames)):
+            np.testing.assert_allclose(ours, theirs, atol=1e-8, rtol=0)
+
+    with pytest.raises(SystemExit) as exit_info:
+        apply_adapter.main(["--foundation_model", str(shared_dir / FOUNDATION), "--adapter_file",
+                            f"{method}_adapter.pt", "--output", "applied.model"])
+    assert exit_info.value.code == 0
+    applied = load_model(workdir / "applied.model", dtype=torch.float64)
+    np.testing.assert_allclose(reference[1], energies_and_forces(applied, frames)[1], atol=1e-10, rtol=0)
+
+
+def test_mmea_keeps_foundation_weights_bitwise(shared_dir: Path, workdir: Path) -> None:
+    assert finetune(shared_dir, "frozen", []) == 0
+    finetuned = load_model(workdir / "frozen.model", dtype=torch.float64).state_dict()
+    foundation = restrict_to_elements(load_model(shared_dir / FOUNDATION, dtype=torch.float64), [1, 6, 8])
+    compared = 0
+    for name, value in foundation.state_dict().items():
+        if name.endswith("weights_max") or ".weights." in name or "conv_tp_weights" in name or "skip_tp" in name:
+            continue
+        wrapped = name.replace("linear.weight", "linear.base.weight").replace("linear_up.weight", "linear_up.base.weight")
+        wrapped = wrapped.replace("linear_1.weight", "linear_1.base.weight").replace("linear_2.weight", "linear_2.base.weight")
+        if name.endswith(".weight") and wrapped in finetuned:
+            assert torch.equal(finetuned[wrapped], value), name
+            compared += 1
+    assert compared >= 8
+
+
+def test_elements_missing_from_foundation_are_listed(shared_dir: Path, workdir: Path, capsys) -> None:
+    frames = ase.io.read(workdir / "train.xyz", index=":")
+    frames[0].numbers[0] = 16
+    ase.io.write(workdir / "train.xyz", frames)
+    assert finetune(shared_dir, "sulfur", []) == 1
+    assert "S" in capsys.readouterr().err.split("training data also has:")[-1]
+    assert not (workdir / "sulfur.model").exists()
+
+
+def test_published_name_offline_is_a_clear_error(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MACE_CACHE", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
+    with pytest.raises(UserInputError, match="could not download"):
+        resolve_foundation_path("medium_off")
+    with pytest.raises(UserInputError, match="no such file"):
+        resolve_foundation_path(str(tmp_path / "absent.model"))
