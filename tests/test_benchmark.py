@@ -141,22 +141,19 @@ def test_fine_tuning_and_scratch_commands_share_the_protocol_and_differ_in_what_
     shared = ["--max_num_epochs=4", "--eval_interval=1", "--device=cpu", "--E0s=average", "--ema_decay=0.995",
               "--forces_weight=1000", "--batch_size=5", "--valid_fraction=0.5", "--seed=123"]
     assert all(flag in mmea and flag in scratch for flag in shared)
-    assert "--name=aspirin-mmea" in mmea and "--swa" in mmea and "--start_swa=3" in mmea
+    assert "--name=aspirin-mmea" in mmea and "--swa" not in mmea
     paper = training_command("elora", _settings(tmp_path, PROTOCOLS["paper"]), scratch_flags)
-    assert "--start_swa=400" in paper and "--max_num_epochs=500" in paper and "--device=cuda" in paper
-    no_swa = Protocol(epochs=2, start_swa=None, eval_interval=1, max_test=None, device="cpu")
-    assert "--swa" not in training_command("none", _settings(tmp_path, no_swa), scratch_flags)
+    assert "--swa" in paper and "--start_swa=400" in paper
+    assert "--max_num_epochs=500" in paper and "--device=cuda" in paper
 
 
 def test_swa_start_moves_with_the_epoch_count():
     assert swa_start_for(PROTOCOLS["paper"], None) == 400
     assert swa_start_for(PROTOCOLS["paper"], 100) == 80
-    assert swa_start_for(PROTOCOLS["cpu"], None) == 3
-    assert swa_start_for(PROTOCOLS["cpu"], 8) == 6
-    assert swa_start_for(PROTOCOLS["cpu"], 2) == 1
-    assert swa_start_for(PROTOCOLS["cpu"], 1) == 1
-    no_swa = Protocol(epochs=2, start_swa=None, eval_interval=1, max_test=None, device="cpu")
-    assert swa_start_for(no_swa, 10) is None
+    assert swa_start_for(PROTOCOLS["paper"], 2) == 1  # still one epoch before and one in SWA
+    assert swa_start_for(PROTOCOLS["paper"], 1) == 1
+    assert swa_start_for(PROTOCOLS["cpu"], None) is None
+    assert swa_start_for(PROTOCOLS["cpu"], 10) is None
 
 
 def test_swa_model_is_scored_when_present_and_log_tail_reads_the_console(tmp_path):

@@ -669,21 +669,27 @@ def _env_value(environ: Mapping[str, str], name: str) -> Optional[str]:
     return value.strip() if value is not None and value.strip() else None
 
 
+def _flag_or_env_number(
+    flag: Optional[float], environ: Mapping[str, str], flag_name: str, env_name: str, convert: type
+) -> Tuple[Optional[float], str]:
+    """The flag's value, else the environment variable's (converted), with where it came from."""
+    if flag is not None:
+        return flag, flag_name
+    text = _env_value(environ, env_name)
+    if text is None:
+        return None, env_name
+    try:
+        return convert(text), f"environment variable {env_name}"
+    except ValueError as exc:
+        kind = "an integer" if convert is int else "a number"
+        raise UserInputError(f"environment variable {env_name}={text!r} is not {kind}") from exc
+
+
 def _resolve_mmea_rank(flag: Optional[int], environ: Mapping[str, str]) -> int:
     """--mmea_rank, else $MMEA_RANK, else the reference default."""
-    if flag is not None:
-        rank, origin = flag, "--mmea_rank"
-    else:
-        text = _env_value(environ, "MMEA_RANK")
-        if text is None:
-            return DEFAULT_MMEA_RANK
-        try:
-            rank = int(text)
-        except ValueError as exc:
-            raise UserInputError(
-                f"environment variable MMEA_RANK={text!r} is not an integer"
-            ) from exc
-        origin = "environment variable MMEA_RANK"
+    rank, origin = _flag_or_env_number(flag, environ, "--mmea_rank", "MMEA_RANK", int)
+    if rank is None:
+        return DEFAULT_MMEA_RANK
     if rank <= 0:
         raise UserInputError(f"{origin} must be a positive integer, got {rank}")
     return rank
@@ -691,18 +697,8 @@ def _resolve_mmea_rank(flag: Optional[int], environ: Mapping[str, str]) -> int:
 
 def _resolve_mmea_std(flag: Optional[float], environ: Mapping[str, str]) -> Optional[float]:
     """--mmea_std, else $MMEA_STD, else unset (None)."""
-    if flag is not None:
-        std, origin = flag, "--mmea_std"
-    else:
-        text = _env_value(environ, "MMEA_STD")
-        if text is None:
-            return None
-        try:
-            std = float(text)
-        except ValueError as exc:
-            raise UserInputError(f"environment variable MMEA_STD={text!r} is not a number") from exc
-        origin = "environment variable MMEA_STD"
-    if not std >= 0.0:  # also rejects NaN
+    std, origin = _flag_or_env_number(flag, environ, "--mmea_std", "MMEA_STD", float)
+    if std is not None and not std >= 0.0:  # also rejects NaN
         raise UserInputError(f"{origin} must be a non-negative number, got {std}")
     return std
 
