@@ -28,7 +28,13 @@ from mace.tools.arg_parser import parse_args, parse_atomic_numbers, parse_e0s, p
 from mace.tools.atomic_numbers import AtomicNumberTable
 from mace.tools.checkpoint import CheckpointHandler
 from mace.tools.cli import run_cli
-from mace.tools.finetuning import adapter_config, apply_adapters, prepare_foundation, resolve_foundation_path
+from mace.tools.finetuning import (
+    adapter_config,
+    apply_adapters,
+    prepare_foundation,
+    resolve_foundation_path,
+    set_finetuning_e0s,
+)
 from mace.tools.logging_setup import setup_logging
 from mace.tools.optim import build_optimizer, build_scheduler
 from mace.tools.predict import model_graphs
@@ -75,13 +81,9 @@ def build_run_model(args: argparse.Namespace, datasets: Datasets, argv: Sequence
     table = AtomicNumberTable(atomic_numbers)
     e0_spec = parse_e0s(args.E0s)
     if args.foundation_model:
-        e0s = None
-        if e0_spec is not None or datasets.isolated_atom_e0s:
-            e0s = resolve_e0s(e0_spec, datasets.train, datasets.isolated_atom_e0s, table)
-        else:
-            logging.info("No --E0s and no IsolatedAtom frames: keeping the foundation model's E0s")
         path = resolve_foundation_path(args.foundation_model)
-        model = prepare_foundation(args, path, atomic_numbers, e0s, explicit_flag_names(argv), device)
+        model = prepare_foundation(args, path, atomic_numbers, explicit_flag_names(argv), device)
+        set_finetuning_e0s(model, e0_spec, datasets.train, datasets.isolated_atom_e0s, table)
         return apply_adapters(model, resolve_adapter_settings(args), readouts_trained=not args.foundation_model_readout)
     e0s = resolve_e0s(e0_spec, datasets.train, datasets.isolated_atom_e0s, table)
     avg_neighbors = average_num_neighbors(datasets.train, args.r_max) if args.compute_avg_num_neighbors else float(args.avg_num_neighbors)

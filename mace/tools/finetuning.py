@@ -6,12 +6,13 @@ architecture wins), keep only the data's elements, set the E0s, optionally re-in
 the readouts, and finally inject the adapters that decide what trains.
 """
 import argparse
+import dataclasses
 import logging
 import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence, Union
 
 import torch
 from e3nn import o3
@@ -20,11 +21,15 @@ from mace.adapters import count_trainable, inject_adapters, mmea_banner, train_r
 from mace.adapters.config import ELoRAConfig, MMEAConfig
 from mace.modules.blocks import LinearReadoutBlock, NonLinearReadoutBlock
 from mace.modules.loading import load_model
+from mace.data.configuration import Configuration, compute_average_e0s
 from mace.modules.models import MACE
 from mace.tools.arg_parser import AdapterSettings
 from mace.tools.errors import UserInputError
 from mace.tools.files import atomic_write
+from mace.tools.atomic_numbers import AtomicNumberTable
 from mace.tools.foundation import restrict_to_elements, set_e0s
+from mace.tools.predict import predict
+from mace.tools.statistics import resolve_e0s
 
 PUBLISHED_MODELS: Dict[str, str] = {
     "small": "https://github.com/ACEsuit/mace-mp/releases/download/mace_mp_0/2023-12-10-mace-128-L0_energy_epoch-249.model",
@@ -119,20 +124,58 @@ def prepare_foundation(
     args: argparse.Namespace,
     foundation_path: Path,
     atomic_numbers: List[int],
-    e0s: Optional[Dict[int, float]],
     explicit_flags: Sequence[str],
     device: torch.device,
 ) -> MACE:
-    """Foundation restricted to the data's elements, with the run's E0s (None: keep the foundation's)."""
+    """Foundation restricted to the data's elements (readouts re-initialised if asked)."""
     foundation = load_model(foundation_path, device=str(device), dtype=torch.get_default_dtype())
     logging.info("Foundation model %s: %s", foundation_path, foundation_architecture(foundation))
     warn_architecture_mismatch(args, foundation, explicit_flags)
     model = restrict_to_elements(foundation, atomic_numbers)
-    if e0s is not None:
-        set_e0s(model, e0s)
     if not args.foundation_model_readout:
         reinitialise_readouts(model)
     return model
+
+
+def residual_average_e0s(
+    model: MACE, configs: Sequence[Configuration], table: AtomicNumberTable
+) -> Dict[int, float]:
+    """Least-squares E0s of the energy the foundation does not explain: E_ref - E_interaction.
+
+    Fitting E0s to the raw energies (as when training from scratch) leaves the foundation's
+    mean interaction energy as an offset that fine-tuning must first unlearn; fitting them
+    to the residual starts fine-tuning with no mean energy error.
+    """
+    energies = torch.atleast_2d(model.atomic_energies_fn.atomic_energies)[0].tolist()
+    current_e0s = dict(zip(model.atomic_numbers.tolist(), energies))
+    residuals = []
+    for config, prediction in zip(configs, predict(model, configs, batch_size=16)):
+        interaction = prediction.energy - sum(current_e0s[int(z)] for z in config.atomic_numbers)
+        residuals.append(dataclasses.replace(config, energy=config.energy - interaction))
+    return compute_average_e0s(residuals, table)
+
+
+def set_finetuning_e0s(
+    model: MACE,
+    spec: Union[None, str, Dict[int, float]],
+    train: Sequence[Configuration],
+    isolated_atom_e0s: Dict[int, float],
+    table: AtomicNumberTable,
+) -> None:
+    """E0s of a fine-tuning run: --E0s=average fits the residual of the foundation (see above),
+    a dict or IsolatedAtom frames are used as given, and without either the foundation's stay."""
+    if spec == "average":
+        e0s = residual_average_e0s(model, [c for c in train if c.energy is not None], table)
+        logging.info(
+            "E0s from least squares over the training energies minus the foundation's interaction energies: %s",
+            ", ".join(f"{z}: {e:.4f}" for z, e in sorted(e0s.items())),
+        )
+    elif spec is not None or isolated_atom_e0s:
+        e0s = resolve_e0s(spec, train, isolated_atom_e0s, table)
+    else:
+        logging.info("No --E0s and no IsolatedAtom frames: keeping the foundation model's E0s")
+        return
+    set_e0s(model, e0s)
 
 
 def apply_adapters(model: MACE, settings: AdapterSettings, readouts_trained: bool) -> MACE:
