@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+import mace  # noqa: F401  (before any test imports e3nn: allows its constants under torch >= 2.6)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
