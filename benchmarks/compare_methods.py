@@ -99,10 +99,11 @@ class Protocol:
 
 
 # 'paper' is the protocol behind the published numbers: 500 epochs with SWA from epoch
-# 400, validation every 2nd epoch, the full test set. 'cpu' is sized for a loaded 2-core
-# development machine (about 50 s per fine-tuning epoch there, so all four methods take
-# about 20 minutes). It has no SWA stage: a single SWA epoch (lr 0.001, energy weight
-# 1000) barely moved the energies and doubled the validation force error when tried.
+# 400, validation every 2nd epoch, the full test set. 'cpu' is sized for a 2-core
+# development machine: about 9 s per epoch there when nothing else runs, so all four
+# methods take about 5 minutes (ten times longer when other jobs share the cores). It has
+# no SWA stage: a single SWA epoch (lr 0.001, energy weight 1000) barely moved the
+# energies and doubled the validation force error when tried.
 PROTOCOLS: Dict[str, Protocol] = {
     "cpu": Protocol(epochs=4, start_swa=None, eval_interval=1, max_test=100, device="cpu"),
     "paper": Protocol(epochs=500, start_swa=400, eval_interval=2, max_test=None, device="cuda"),
