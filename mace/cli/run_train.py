@@ -83,8 +83,9 @@ def build_run_model(args: argparse.Namespace, datasets: Datasets, argv: Sequence
     if args.foundation_model:
         path = resolve_foundation_path(args.foundation_model)
         model = prepare_foundation(args, path, atomic_numbers, explicit_flag_names(argv), device)
+        model = apply_adapters(model, resolve_adapter_settings(args), readouts_trained=not args.foundation_model_readout)
         set_finetuning_e0s(model, e0_spec, datasets.train, datasets.isolated_atom_e0s, table)
-        return apply_adapters(model, resolve_adapter_settings(args), readouts_trained=not args.foundation_model_readout)
+        return model
     e0s = resolve_e0s(e0_spec, datasets.train, datasets.isolated_atom_e0s, table)
     avg_neighbors = average_num_neighbors(datasets.train, args.r_max) if args.compute_avg_num_neighbors else float(args.avg_num_neighbors)
     scale, shift = scale_and_shift(args.scaling, datasets.train, e0s)

@@ -144,7 +144,8 @@ def residual_average_e0s(
 
     Fitting E0s to the raw energies (as when training from scratch) leaves the foundation's
     mean interaction energy as an offset that fine-tuning must first unlearn; fitting them
-    to the residual starts fine-tuning with no mean energy error.
+    to the residual of the model as it starts training (adapters included, whose additive
+    scalar terms shift energies from the first step) starts with no mean energy error.
     """
     energies = torch.atleast_2d(model.atomic_energies_fn.atomic_energies)[0].tolist()
     current_e0s = dict(zip(model.atomic_numbers.tolist(), energies))
