@@ -12,7 +12,6 @@ from pathlib import Path
 
 import ase.io
 import numpy as np
-import pytest
 import torch
 
 from mace.data import config_from_atoms
