@@ -36,7 +36,7 @@ from mace.tools.finetuning import (
     set_finetuning_e0s,
 )
 from mace.tools.logging_setup import setup_logging
-from mace.tools.optim import build_optimizer, build_scheduler
+from mace.tools.optim import build_optimizer, build_scheduler, trainable_parameters
 from mace.tools.predict import model_graphs
 from mace.tools.reporting import evaluate_sets, log_error_table
 from mace.tools.statistics import average_num_neighbors, resolve_e0s, scale_and_shift
@@ -104,7 +104,7 @@ def build_trainer(args: argparse.Namespace, model: MACE, datasets: Datasets, pat
         swa_loss = build_loss(args.loss, args.swa_energy_weight, args.swa_forces_weight, args.swa_stress_weight, args.swa_virials_weight, args.huber_delta)
         swa = SWASettings(start_epoch=args.start_swa, loss_fn=swa_loss, lr=args.swa_lr)
     optimizer = build_optimizer(model, args)
-    ema = ExponentialMovingAverage(_trainable(model), decay=args.ema_decay) if args.ema else None
+    ema = ExponentialMovingAverage(trainable_parameters(model.parameters()), decay=args.ema_decay) if args.ema else None
     return Trainer(
         model=model,
         loss_fn=loss_fn,
@@ -125,10 +125,6 @@ def build_trainer(args: argparse.Namespace, model: MACE, datasets: Datasets, pat
         ),
         device=device,
     )
-
-
-def _trainable(model: torch.nn.Module) -> List[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
 
 
 def restart_if_requested(trainer: Trainer, args: argparse.Namespace, device: torch.device) -> None:

@@ -29,7 +29,7 @@ from mace.tools.files import atomic_write
 from mace.tools.atomic_numbers import AtomicNumberTable
 from mace.tools.foundation import restrict_to_elements, set_e0s
 from mace.tools.predict import predict
-from mace.tools.statistics import resolve_e0s
+from mace.tools.statistics import format_e0s, resolve_e0s
 
 PUBLISHED_MODELS: Dict[str, str] = {
     "small": "https://github.com/ACEsuit/mace-mp/releases/download/mace_mp_0/2023-12-10-mace-128-L0_energy_epoch-249.model",
@@ -169,7 +169,7 @@ def set_finetuning_e0s(
         e0s = residual_average_e0s(model, [c for c in train if c.energy is not None], table)
         logging.info(
             "E0s from least squares over the training energies minus the foundation's interaction energies: %s",
-            ", ".join(f"{z}: {e:.4f}" for z, e in sorted(e0s.items())),
+            format_e0s(e0s),
         )
     elif spec is not None or isolated_atom_e0s:
         e0s = resolve_e0s(spec, train, isolated_atom_e0s, table)

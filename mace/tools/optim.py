@@ -12,14 +12,14 @@ import torch
 from mace.modules.models import MACE
 
 
-def _trainable(parameters) -> List[torch.nn.Parameter]:
+def trainable_parameters(parameters) -> List[torch.nn.Parameter]:
     return [p for p in parameters if p.requires_grad]
 
 
 def _interaction_groups(model: MACE) -> Dict[str, List[torch.nn.Parameter]]:
     """Decay for each interaction's ``linear`` (message mixing) weights, none for the rest."""
     decay_ids = {id(p) for block in model.interactions for p in block.linear.parameters()}
-    params = _trainable(model.interactions.parameters())
+    params = trainable_parameters(model.interactions.parameters())
     return {
         "interactions_decay": [p for p in params if id(p) in decay_ids],
         "interactions_no_decay": [p for p in params if id(p) not in decay_ids],
@@ -29,14 +29,14 @@ def _interaction_groups(model: MACE) -> Dict[str, List[torch.nn.Parameter]]:
 def parameter_groups(model: MACE, weight_decay: float) -> List[Dict[str, Any]]:
     interactions = _interaction_groups(model)
     grouped = {
-        "embedding": (_trainable(model.node_embedding.parameters()), 0.0),
+        "embedding": (trainable_parameters(model.node_embedding.parameters()), 0.0),
         "interactions_decay": (interactions["interactions_decay"], weight_decay),
         "interactions_no_decay": (interactions["interactions_no_decay"], 0.0),
-        "products": (_trainable(model.products.parameters()), weight_decay),
-        "readouts": (_trainable(model.readouts.parameters()), 0.0),
+        "products": (trainable_parameters(model.products.parameters()), weight_decay),
+        "readouts": (trainable_parameters(model.readouts.parameters()), 0.0),
     }
     seen = {id(p) for params, _ in grouped.values() for p in params}
-    grouped["other"] = ([p for p in _trainable(model.parameters()) if id(p) not in seen], 0.0)
+    grouped["other"] = ([p for p in trainable_parameters(model.parameters()) if id(p) not in seen], 0.0)
     return [
         {"name": name, "params": params, "weight_decay": decay}
         for name, (params, decay) in grouped.items()

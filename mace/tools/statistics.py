@@ -19,7 +19,7 @@ def resolve_e0s(
     """E0 per element: least squares ('average'), an explicit dict, or isolated-atom frames."""
     if spec == "average":
         e0s = compute_average_e0s(list(train), table)
-        logging.info("E0s from least squares over the training set: %s", _format(e0s))
+        logging.info("E0s from least squares over the training set: %s", format_e0s(e0s))
         return e0s
     if isinstance(spec, dict):
         source, e0s = "--E0s", {int(z): float(e) for z, e in spec.items()}
@@ -29,11 +29,11 @@ def resolve_e0s(
     if missing:
         hint = "" if spec is not None else " (pass --E0s=average or a dict of energies)"
         raise UserInputError(f"{source} give(s) no E0 for atomic numbers {missing}{hint}")
-    logging.info("E0s from %s: %s", source, _format(e0s))
+    logging.info("E0s from %s: %s", source, format_e0s(e0s))
     return {z: e0s[z] for z in table.zs}
 
 
-def _format(e0s: Dict[int, float]) -> str:
+def format_e0s(e0s: Dict[int, float]) -> str:
     return ", ".join(f"{z}: {e:.4f}" for z, e in sorted(e0s.items()))
 
 
