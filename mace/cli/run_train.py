@@ -22,7 +22,7 @@ from mace.data import make_loader
 from mace.data.datasets import Datasets, dataset_elements, load_datasets
 from mace.modules.builder import build_model
 from mace.modules.loading import save_model
-from mace.modules.loss import build_loss
+from mace.modules.loss import build_loss, build_stage_two_loss
 from mace.modules.models import MACE
 from mace.tools.arg_parser import parse_args, parse_atomic_numbers, parse_e0s, parse_radial_mlp, resolve_adapter_settings
 from mace.tools.atomic_numbers import AtomicNumberTable
@@ -101,7 +101,7 @@ def build_trainer(args: argparse.Namespace, model: MACE, datasets: Datasets, pat
     loss_fn = build_loss(args.loss, args.energy_weight, args.forces_weight, args.stress_weight, args.virials_weight, args.huber_delta)
     swa = None
     if args.swa:
-        swa_loss = build_loss(args.loss, args.swa_energy_weight, args.swa_forces_weight, args.swa_stress_weight, args.swa_virials_weight, args.huber_delta)
+        swa_loss = build_stage_two_loss(args.loss, args.swa_energy_weight, args.swa_forces_weight, args.swa_stress_weight, args.swa_virials_weight)
         swa = SWASettings(start_epoch=args.start_swa, loss_fn=swa_loss, lr=args.swa_lr)
     optimizer = build_optimizer(model, args)
     ema = ExponentialMovingAverage(trainable_parameters(model.parameters()), decay=args.ema_decay) if args.ema else None

@@ -151,3 +151,21 @@ def build_loss(name: str, energy_weight: float, forces_weight: float, stress_wei
     if name == "huber":
         return WeightedHuberEnergyForcesStressLoss(energy_weight, forces_weight, stress_weight, huber_delta)
     raise ValueError(f"unsupported loss {name!r}")
+
+
+def build_stage_two_loss(name: str, energy_weight: float, forces_weight: float, stress_weight: float,
+                         virials_weight: float) -> torch.nn.Module:
+    """The SWA-stage loss for --loss ``name``, with the --swa_* weights, as upstream chooses it.
+
+    Only 'stress' and 'virials' keep their own form; every other loss ('ef', 'weighted',
+    'huber', ...) becomes the weighted per-atom energy + forces loss. For 'ef' this matters:
+    its total-energy error times --swa_energy_weight (1000) would weigh energies n_atoms^2
+    times more than upstream does. 'forces_only' has no energy term to switch to.
+    """
+    if name == "forces_only":
+        raise ValueError("--swa cannot be used with --loss=forces_only: the SWA stage weighs energies")
+    if name == "stress":
+        return WeightedEnergyForcesStressLoss(energy_weight, forces_weight, stress_weight)
+    if name == "virials":
+        return WeightedEnergyForcesVirialsLoss(energy_weight, forces_weight, virials_weight)
+    return WeightedEnergyForcesLoss(energy_weight, forces_weight)

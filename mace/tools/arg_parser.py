@@ -118,6 +118,10 @@ def parse_config_type_weights(text: str) -> Dict[str, float]:
         ) from exc
 
 
+E0_KEYWORDS = ("average", "estimated", "foundation")
+FOUNDATION_E0_KEYWORDS = ("estimated", "foundation")
+
+
 def _e0s_dict(raw: Mapping[Any, Any], origin: str) -> Dict[int, float]:
     """Normalise an E0 mapping (JSON keys arrive as strings) to ``{Z: energy}``."""
     try:
@@ -129,12 +133,12 @@ def _e0s_dict(raw: Mapping[Any, Any], origin: str) -> Dict[int, float]:
 
 
 def parse_e0s(text: Optional[str]) -> Union[None, str, Dict[int, float]]:
-    """Isolated-atom energies: ``None``, ``"average"``, a dict literal, or a JSON file of one."""
+    """Isolated-atom energies: ``None``, a keyword of :data:`E0_KEYWORDS`, a dict literal, or a JSON file of one."""
     if text is None:
         return None
     stripped = text.strip()
-    if stripped.lower() == "average":
-        return "average"
+    if stripped.lower() in E0_KEYWORDS:
+        return stripped.lower()
     if stripped.startswith("{"):
         raw = _literal(stripped, "--E0s")
         if not isinstance(raw, dict):
@@ -143,7 +147,7 @@ def parse_e0s(text: Optional[str]) -> Union[None, str, Dict[int, float]]:
     path = Path(stripped)
     if not path.is_file():
         raise UserInputError(
-            f"--E0s: {text!r} is neither 'average', a dict literal like "
+            f"--E0s: {text!r} is neither one of {', '.join(E0_KEYWORDS)}, a dict literal like "
             "'{1: -13.6, 8: -2041.0}', nor an existing JSON file"
         )
     try:
@@ -153,6 +157,11 @@ def parse_e0s(text: Optional[str]) -> Union[None, str, Dict[int, float]]:
     if not isinstance(raw, dict):
         raise UserInputError(f"--E0s: file {path} must hold a JSON object")
     return _e0s_dict(raw, f"file {path}")
+
+
+def parse_e0s_keyword(text: Optional[str]) -> Optional[str]:
+    """The E0 keyword ``text`` names, or None for no flag, a dict or a file."""
+    return None if text is None or text.strip().lower() not in E0_KEYWORDS else text.strip().lower()
 
 
 def hidden_irreps_from_channels(num_channels: int, max_L: int) -> str:
@@ -278,8 +287,10 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     _value(g, "--std", float, None, "Energy scale of ScaleShiftMACE; default: from the data.")
     _value(g, "--statistics_file", str, None, "Precomputed data statistics (not supported yet).")
     _value(g, "--E0s", str, None,
-           "Isolated-atom energies: 'average' (fitted on the training set), a dict literal such "
-           "as '{1: -13.6, 8: -2041.0}', or a JSON file holding such a mapping.")
+           "Isolated-atom energies: 'average' (least squares over the training energies), "
+           "'estimated' (fine-tuning: least squares over what the foundation leaves unexplained), "
+           "'foundation' (fine-tuning: keep the foundation's), a dict literal such as "
+           "'{1: -13.6, 8: -2041.0}', or a JSON file holding such a mapping.")
     _value(g, "--keep_isolated_atoms", str2bool, False,
            "Also train on single-atom configurations instead of using them only for E0s.")
     _value(g, "--energy_key", str, "energy", "Info key of the reference energy.")
@@ -590,6 +601,10 @@ def _value_errors(args: argparse.Namespace) -> Iterator[str]:
         yield f"--max_ell must be non-negative, got {args.max_ell}"
     if args.start_swa is not None and args.start_swa < 0:
         yield f"--start_swa must be non-negative, got {args.start_swa}"
+    if parse_e0s_keyword(args.E0s) in FOUNDATION_E0_KEYWORDS and not args.foundation_model:
+        yield f"--E0s={args.E0s} needs --foundation_model (it starts from the foundation's energies)"
+    if args.swa and args.loss == "forces_only":
+        yield "--swa cannot be used with --loss=forces_only: the SWA stage weighs energies"
     if args.num_workers < 0:
         yield f"--num_workers must be non-negative, got {args.num_workers}"
     if args.scheduler not in SUPPORTED_SCHEDULERS:

@@ -163,19 +163,20 @@ def set_finetuning_e0s(
     isolated_atom_e0s: Dict[int, float],
     table: AtomicNumberTable,
 ) -> None:
-    """E0s of a fine-tuning run: --E0s=average fits the residual of the foundation (see above),
+    """E0s of a fine-tuning run, as upstream: 'estimated' fits the residual of the foundation
+    (see above), 'foundation' keeps the foundation's, 'average' fits the raw training energies;
     a dict or IsolatedAtom frames are used as given, and without either the foundation's stay."""
-    if spec == "average":
+    if spec == "estimated":
         e0s = residual_average_e0s(model, [c for c in train if c.energy is not None], table)
         logging.info(
             "E0s from least squares over the training energies minus the foundation's interaction energies: %s",
             format_e0s(e0s),
         )
-    elif spec is not None or isolated_atom_e0s:
-        e0s = resolve_e0s(spec, train, isolated_atom_e0s, table)
-    else:
-        logging.info("No --E0s and no IsolatedAtom frames: keeping the foundation model's E0s")
+    elif spec == "foundation" or (spec is None and not isolated_atom_e0s):
+        logging.info("Keeping the foundation model's E0s")
         return
+    else:
+        e0s = resolve_e0s(spec, train, isolated_atom_e0s, table)
     set_e0s(model, e0s)
 
 

@@ -1,15 +1,21 @@
 """Optimiser parameter groups, optimiser and learning-rate scheduler as upstream sets them up.
 
-Weight decay applies to the interactions' mixing linears and the product basis; embeddings,
-radial networks and readouts are not decayed. Only trainable parameters enter, so frozen
-foundation weights get neither gradients nor optimiser state.
+The groups are upstream's (0.3.5, which the reference codes fork): the node embedding,
+the interactions (decayed where a parameter name contains ``linear.weight`` or
+``skip_tp_full.weight``, undecayed otherwise), the products (decayed) and the readouts.
+The radial embedding belongs to no group, so its Bessel frequencies never move, although
+they count as trainable and enter the gradient clipping norm, as in the reference codes.
+Only trainable parameters enter, so frozen foundation weights get no optimiser state.
 """
 import argparse
+import logging
 from typing import Any, Dict, List
 
 import torch
 
 from mace.modules.models import MACE
+
+DECAYED_INTERACTION_NAMES = ("linear.weight", "skip_tp_full.weight")
 
 
 def trainable_parameters(parameters) -> List[torch.nn.Parameter]:
@@ -17,12 +23,13 @@ def trainable_parameters(parameters) -> List[torch.nn.Parameter]:
 
 
 def _interaction_groups(model: MACE) -> Dict[str, List[torch.nn.Parameter]]:
-    """Decay for each interaction's ``linear`` (message mixing) weights, none for the rest."""
-    decay_ids = {id(p) for block in model.interactions for p in block.linear.parameters()}
-    params = trainable_parameters(model.interactions.parameters())
+    """Decay for the interactions' mixing-linear weights (by upstream's name rule), none for the rest."""
+    named = [(name, p) for name, p in model.interactions.named_parameters() if p.requires_grad]
+    decayed = [p for name, p in named if any(key in name for key in DECAYED_INTERACTION_NAMES)]
+    decayed_ids = {id(p) for p in decayed}
     return {
-        "interactions_decay": [p for p in params if id(p) in decay_ids],
-        "interactions_no_decay": [p for p in params if id(p) not in decay_ids],
+        "interactions_decay": decayed,
+        "interactions_no_decay": [p for _, p in named if id(p) not in decayed_ids],
     }
 
 
@@ -35,13 +42,21 @@ def parameter_groups(model: MACE, weight_decay: float) -> List[Dict[str, Any]]:
         "products": (trainable_parameters(model.products.parameters()), weight_decay),
         "readouts": (trainable_parameters(model.readouts.parameters()), 0.0),
     }
-    seen = {id(p) for params, _ in grouped.values() for p in params}
-    grouped["other"] = ([p for p in trainable_parameters(model.parameters()) if id(p) not in seen], 0.0)
+    _log_unoptimised(model, {id(p) for params, _ in grouped.values() for p in params})
     return [
         {"name": name, "params": params, "weight_decay": decay}
         for name, (params, decay) in grouped.items()
         if params
     ]
+
+
+def _log_unoptimised(model: MACE, optimised_ids: set) -> None:
+    left_out = [(name, p.numel()) for name, p in model.named_parameters() if p.requires_grad and id(p) not in optimised_ids]
+    if left_out:
+        logging.info(
+            "Not optimised (in no parameter group, as upstream): %s",
+            ", ".join(f"{name} ({count})" for name, count in left_out),
+        )
 
 
 def build_optimizer(model: MACE, args: argparse.Namespace) -> torch.optim.Optimizer:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
-from torch.optim.swa_utils import SWALR
 from torch_ema import ExponentialMovingAverage
 
 from mace.data import batch_to_device
@@ -71,6 +70,7 @@ class Progress:
     epoch: int = 0
     best: Dict[str, Tuple[float, int]] = field(default_factory=dict)
     patience_counter: int = 0
+    last_valid_loss: float = math.inf
 
 
 class ProgressDisplay:
@@ -119,14 +119,14 @@ def train_one_epoch(
     total = 0.0
     for index, batch in enumerate(loader):
         batch = batch_to_device(batch, device)
-        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         output = model(batch, training=True, **request.model_kwargs())
         loss = loss_fn(batch, output)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(f"{label}: the training loss became {loss.item()} at batch {index}")
         loss.backward()
         if clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(_parameters_with_grad(optimizer), max_norm=clip_grad)
+            torch.nn.utils.clip_grad_norm_(_parameters_with_grad(model), max_norm=clip_grad)
         optimizer.step()
         if ema is not None:
             ema.update()
@@ -136,8 +136,9 @@ def train_one_epoch(
     return total / max(len(loader), 1)
 
 
-def _parameters_with_grad(optimizer: torch.optim.Optimizer) -> list:
-    return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+def _parameters_with_grad(model: torch.nn.Module) -> list:
+    """What upstream clips: every parameter with a gradient, optimised or not (Bessel frequencies)."""
+    return [p for p in model.parameters() if p.grad is not None]
 
 
 def evaluate(
@@ -187,7 +188,6 @@ class Trainer:
         self.lr_scheduler = lr_scheduler
         self.ema = ema
         self.swa = swa
-        self.swa_scheduler: Optional[SWALR] = None
         self.train_loader = train_loader
         self.valid_loader = valid_loader
         self.checkpoints = checkpoints
@@ -210,11 +210,11 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
-            "swa_scheduler": None if self.swa_scheduler is None else self.swa_scheduler.state_dict(),
             "ema": None if self.ema is None else self.ema.state_dict(),
             "epoch": epoch,
             "best": dict(self.progress.best),
             "patience_counter": self.progress.patience_counter,
+            "last_valid_loss": self.progress.last_valid_loss,
             "swa_start_epoch": None if self.swa is None else self.swa.start_epoch,
         }
 
@@ -227,31 +227,24 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         if self.swa is not None and state.get("swa_start_epoch") is not None:
             self.swa.start_epoch = state["swa_start_epoch"]
-        if state.get("swa_scheduler") is not None:
-            self._start_swa_scheduler()
-            self.swa_scheduler.load_state_dict(state["swa_scheduler"])
         self.progress = Progress(
-            epoch=state["epoch"] + 1, best=dict(state["best"]), patience_counter=state["patience_counter"]
+            epoch=state["epoch"] + 1,
+            best=dict(state["best"]),
+            patience_counter=state["patience_counter"],
+            last_valid_loss=state["last_valid_loss"],
         )
-
-    def _start_swa_scheduler(self) -> None:
-        self.swa_scheduler = SWALR(self.optimizer, swa_lr=self.swa.lr, anneal_epochs=1, anneal_strategy="linear")
 
     def run(self) -> None:
         request = output_request_for(self.loss_fn, self.settings.error_table)
         epoch = self.progress.epoch
-        last_epoch = self.settings.max_num_epochs - 1
         epoch_times = []
-        while epoch <= last_epoch:
-            if self.in_swa_stage(epoch) and self.swa_scheduler is None:
-                logging.info("Epoch %d: starting the SWA stage (changing loss weights, lr -> %g)", epoch, self.swa.lr)
-                self._start_swa_scheduler()
+        while epoch < self.settings.max_num_epochs:
+            self._step_schedulers_before_epoch(epoch)
             started = time.perf_counter()
             train_loss = self._train_epoch(epoch, request)
             epoch_times.append(time.perf_counter() - started)
             self._write_result({"mode": "opt", "epoch": epoch, "loss": train_loss, "time": epoch_times[-1]})
-            self._step_schedulers_after_epoch(epoch)
-            if epoch % self.settings.eval_interval == 0 or epoch == last_epoch:
+            if epoch % self.settings.eval_interval == 0:
                 stop = self._evaluate_and_checkpoint(epoch, request, epoch_times)
                 if stop:
                     if self.swa is not None and not self.in_swa_stage(epoch):
@@ -284,11 +277,21 @@ class Trainer:
                 f"{error}; training stopped ({where}). Try a lower --lr or check the data for outliers."
             ) from None
 
-    def _step_schedulers_after_epoch(self, epoch: int) -> None:
+    def _step_schedulers_before_epoch(self, epoch: int) -> None:
+        """Upstream's order: before every epoch but the first, the main scheduler steps (the
+        plateau one with the last validation loss, however old, so its patience counts epochs);
+        in the SWA stage the rate is --swa_lr from the stage's first epoch on (what upstream's
+        SWALR with one linear annealing epoch, stepped before each epoch, amounts to)."""
         if self.in_swa_stage(epoch):
-            self.swa_scheduler.step()
-        elif not isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.lr_scheduler.step()
+            if epoch == self.swa.start_epoch:
+                logging.info("Epoch %d: starting the SWA stage (changing loss weights, lr -> %g)", epoch, self.swa.lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.swa.lr
+        elif epoch > 0:
+            if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.lr_scheduler.step(self.progress.last_valid_loss)
+            else:
+                self.lr_scheduler.step()
 
     def _evaluate_and_checkpoint(self, epoch: int, request: OutputRequest, epoch_times: list) -> bool:
         """Evaluate (EMA weights), log, save; returns True when patience ran out."""
@@ -299,8 +302,7 @@ class Trainer:
             )
         if not math.isfinite(valid_loss):
             raise TrainingDivergedError(f"Epoch {epoch}: the validation loss became {valid_loss}")
-        if not self.in_swa_stage(epoch) and isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.lr_scheduler.step(valid_loss)
+        self.progress.last_valid_loss = valid_loss
         lr = self.optimizer.param_groups[0]["lr"]
         eta = _eta(epoch_times, self.settings.max_num_epochs - epoch - 1)
         logging.info(

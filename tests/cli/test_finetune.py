@@ -112,7 +112,7 @@ def test_published_name_offline_is_a_clear_error(monkeypatch, tmp_path: Path) ->
         resolve_foundation_path(str(tmp_path / "absent.model"))
 
 
-def test_average_e0s_remove_the_foundations_mean_energy_error(shared_dir: Path, workdir: Path) -> None:
+def test_estimated_e0s_remove_the_foundations_mean_energy_error(shared_dir: Path, workdir: Path) -> None:
     from mace.data import load_from_xyz
     from mace.tools.atomic_numbers import AtomicNumberTable
     from mace.tools.finetuning import set_finetuning_e0s
@@ -121,7 +121,7 @@ def test_average_e0s_remove_the_foundations_mean_energy_error(shared_dir: Path, 
     _, configs = load_from_xyz("train.xyz", energy_key="REF_energy", forces_key="REF_forces")
     model = restrict_to_elements(load_model(shared_dir / FOUNDATION, dtype=torch.float64), [1, 6, 8])
     before = np.array([p.energy for p in predict(model, configs)]) - [c.energy for c in configs]
-    set_finetuning_e0s(model, "average", configs, {}, AtomicNumberTable([1, 6, 8]))
+    set_finetuning_e0s(model, "estimated", configs, {}, AtomicNumberTable([1, 6, 8]))
     after = np.array([p.energy for p in predict(model, configs)]) - [c.energy for c in configs]
     assert abs(before.mean()) > 1.0
     assert abs(after.mean()) < 1e-6

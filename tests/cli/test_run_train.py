@@ -164,7 +164,7 @@ def test_checkpoints_keep_the_best_main_and_the_latest_swa_epoch(main_run: Path)
     names = sorted(path.name for path in (main_run / "checkpoints").iterdir())
     assert names == sorted({f"tiny_run-123_epoch-{best_main}.pt", "tiny_run-123_epoch-3_swa.pt"})
     state = torch.load(main_run / "checkpoints" / "tiny_run-123_epoch-3_swa.pt", weights_only=False)
-    assert state["epoch"] == 3 and state["ema"] is not None and state["swa_scheduler"] is not None
+    assert state["epoch"] == 3 and state["ema"] is not None and state["last_valid_loss"] > 0
     assert temporaries(main_run) == []
 
 
@@ -330,7 +330,7 @@ def test_seed_quick_validation_command_runs(shared_dir, aspirin, tmp_path) -> No
         assert run_main(tmp_path, argv) == 0
     assert (tmp_path / "rmd17-Aspirin.model").is_file()
     assert not (tmp_path / "rmd17-Aspirin_swa.model").exists()
-    assert [r["epoch"] for r in eval_records(tmp_path, "rmd17-Aspirin_run-123")] == [0, 1]
+    assert [r["epoch"] for r in eval_records(tmp_path, "rmd17-Aspirin_run-123")] == [0]  # --eval_interval=2: epoch 1 is not evaluated, as upstream
     tables = error_tables((tmp_path / "logs" / "rmd17-Aspirin_run-123.log").read_text())
     rows = tables["main model rmd17-Aspirin.model"]
     assert rows[0] == TOTAL_MAE_HEADER

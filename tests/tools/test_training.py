@@ -19,6 +19,7 @@ import torch
 from ase import Atoms
 
 from mace.cli.run_train import RunPaths, build_trainer
+from mace.adapters.elora import make_radial_basis_trainable
 from mace.data import Configuration, load_from_xyz
 from mace.data.datasets import Datasets
 from mace.modules.builder import build_model
@@ -26,8 +27,11 @@ from mace.modules.loss import (
     EnergyForcesLoss,
     WeightedEnergyForcesLoss,
     WeightedForcesLoss,
+    WeightedEnergyForcesStressLoss,
+    WeightedEnergyForcesVirialsLoss,
     WeightedHuberEnergyForcesStressLoss,
     build_loss,
+    build_stage_two_loss,
 )
 from mace.modules.models import MACE
 from mace.tools.arg_parser import parse_args
@@ -148,6 +152,37 @@ def test_build_loss_maps_names_and_weights(name: str, cls: type) -> None:
 def test_build_loss_rejects_an_unknown_name() -> None:
     with pytest.raises(ValueError, match="dipole"):
         build_loss("dipole", 1.0, 1.0, 1.0, 1.0, 0.01)
+
+
+def test_stage_two_of_ef_uses_the_weighted_per_atom_loss_with_the_swa_weights() -> None:
+    batch, output = hand_batch(np.random.default_rng(5), [2, 3], [1.0, 2.0], [1.0, 1.0], [1.0, 1.0])
+    atoms = np.array([2.0, 3.0])
+    de = (batch["energy"] - output["energy"]).numpy()
+    df = (batch["forces"] - output["forces"]).numpy()
+    weights = batch["weight"].numpy()
+    node_weights = weights[batch["batch"].numpy()]
+    expected = 1000.0 * np.mean(weights * (de / atoms) ** 2) + 100.0 * np.mean(node_weights[:, None] * df**2)
+    loss = build_stage_two_loss("ef", 1000.0, 100.0, 1.0, 1.0)
+    assert type(loss) is WeightedEnergyForcesLoss
+    assert loss(batch, output).item() == pytest.approx(expected, rel=1e-12)
+    total_energy_form = EnergyForcesLoss(1000.0, 100.0)(batch, output).item()
+    assert total_energy_form != pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [("ef", WeightedEnergyForcesLoss), ("weighted", WeightedEnergyForcesLoss), ("huber", WeightedEnergyForcesLoss),
+     ("stress", WeightedEnergyForcesStressLoss), ("virials", WeightedEnergyForcesVirialsLoss)],
+)
+def test_stage_two_loss_per_main_loss_is_upstream_s(name: str, cls: type) -> None:
+    loss = build_stage_two_loss(name, 1000.0, 100.0, 10.0, 5.0)
+    assert type(loss) is cls
+    assert (loss.energy_weight, loss.forces_weight) == (1000.0, 100.0)
+
+
+def test_stage_two_refuses_forces_only() -> None:
+    with pytest.raises(ValueError, match="forces_only"):
+        build_stage_two_loss("forces_only", 1000.0, 100.0, 1.0, 1.0)
 
 
 def test_error_accumulator_matches_numpy_and_skips_unlabelled_graphs() -> None:
@@ -299,16 +334,19 @@ def _ids(params) -> set:
     return {id(p) for p in params}
 
 
-def test_weight_decay_applies_only_to_interaction_linears_and_products(tiny_model: MACE) -> None:
+def test_weight_decay_groups_follow_upstream_s_name_rule(tiny_model: MACE) -> None:
+    make_radial_basis_trainable(tiny_model)
     groups = {group["name"]: group for group in parameter_groups(tiny_model, weight_decay=0.1)}
     decayed = _ids(p for group in groups.values() if group["weight_decay"] > 0 for p in group["params"])
-    expected = _ids(p for block in tiny_model.interactions for p in block.linear.parameters())
+    expected = _ids(block.linear.weight for block in tiny_model.interactions)
     expected |= _ids(tiny_model.products.parameters())
     assert decayed == expected
     assert groups["interactions_decay"]["weight_decay"] == groups["products"]["weight_decay"] == 0.1
     assert groups["embedding"]["weight_decay"] == groups["readouts"]["weight_decay"] == 0.0
     every = [p for group in groups.values() for p in group["params"]]
-    assert len(every) == len(_ids(every)) == len(list(tiny_model.parameters()))
+    radial = _ids(tiny_model.radial_embedding.parameters())
+    assert len(radial) == 1 and not radial & _ids(every)
+    assert len(every) == len(_ids(every)) == len(list(tiny_model.parameters())) - len(radial)
 
 
 def test_frozen_parameters_get_no_optimiser_group(tiny_model: MACE) -> None:
@@ -429,8 +467,20 @@ def test_exponential_lr_decays_the_rate_every_epoch(tmp_path, tiny_model, water_
     trainer.run()
     lines = eval_lines(trainer)
     assert [line["epoch"] for line in lines] == [0, 1, 2]
-    for line in lines:
-        assert line["lr"] == pytest.approx(0.01 * 0.5 ** (line["epoch"] + 1), rel=1e-12)
+    for line in lines:  # the rate each epoch trained at
+        assert line["lr"] == pytest.approx(0.01 * 0.5 ** line["epoch"], rel=1e-12)
+
+
+def test_plateau_scheduler_steps_every_epoch_with_the_last_validation_loss(tmp_path, tiny_model, water_configs) -> None:
+    trainer = make_trainer(tmp_path, tiny_model, water_configs, "--lr=0.01", "--lr_factor=0.5",
+                           "--scheduler_patience=1", "--eval_interval=2")
+    trainer.progress.last_valid_loss = 1.0
+    rates = []
+    for epoch in range(6):
+        trainer._step_schedulers_before_epoch(epoch)
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+    # Epoch 0 does not step; steps 1..5 all see the same (stale) loss: worse twice -> halve.
+    assert rates == pytest.approx([0.01, 0.01, 0.01, 0.005, 0.005, 0.0025], rel=1e-12)
 
 
 def test_patience_stops_training_after_evaluations_without_improvement(
