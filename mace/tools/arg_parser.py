@@ -118,6 +118,7 @@ def parse_config_type_weights(text: str) -> Dict[str, float]:
         ) from exc
 
 
+DEFAULT_FIRST_INTERACTION = "RealAgnosticInteractionBlock"
 E0_KEYWORDS = ("average", "estimated", "foundation")
 FOUNDATION_E0_KEYWORDS = ("estimated", "foundation")
 
@@ -238,8 +239,10 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
            "Interaction block of the layers after the first.",
            choices=["RealAgnosticResidualInteractionBlock",
                     "RealAgnosticAttResidualInteractionBlock", "RealAgnosticInteractionBlock"])
-    _value(g, "--interaction_first", str, "RealAgnosticResidualInteractionBlock",
-           "Interaction block of the first layer.",
+    _value(g, "--interaction_first", str, None,
+           "Interaction block of the first layer; default RealAgnosticInteractionBlock, the block "
+           "upstream always builds first. RealAgnosticResidualInteractionBlock is this fork's "
+           "explicit alternative.",
            choices=["RealAgnosticResidualInteractionBlock", "RealAgnosticInteractionBlock"])
     _value(g, "--max_ell", int, 3, "Highest l of the edge spherical harmonics.")
     _value(g, "--correlation", int, 3, "Body order of the symmetric product basis.")
@@ -841,5 +844,7 @@ def parse_args(
         parser.error(message)
     args.log_level = args.log_level.upper()
     resolve_start_swa(args)
+    if args.interaction_first is None:
+        args.interaction_first = DEFAULT_FIRST_INTERACTION
     logging.getLogger(__name__).debug("parsed arguments: %s", vars(args))
     return args
