@@ -102,7 +102,10 @@ def build_trainer(args: argparse.Namespace, model: MACE, datasets: Datasets, pat
     swa = None
     if args.swa:
         swa_loss = build_stage_two_loss(args.loss, args.swa_energy_weight, args.swa_forces_weight, args.swa_stress_weight, args.swa_virials_weight)
-        swa = SWASettings(start_epoch=args.start_swa, loss_fn=swa_loss, lr=args.swa_lr)
+        swa = SWASettings(
+            start_epoch=args.start_swa, loss_fn=swa_loss, lr=args.swa_lr,
+            end_epoch=args.max_num_epochs, schedule=args.swa_lr_schedule,
+        )
     optimizer = build_optimizer(model, args)
     ema = ExponentialMovingAverage(trainable_parameters(model.parameters()), decay=args.ema_decay) if args.ema else None
     return Trainer(

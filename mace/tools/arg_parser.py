@@ -330,6 +330,10 @@ def _add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
     _value(g, "--valid_batch_size", int, 10, "Evaluation batch size.")
     _value(g, "--lr", float, 0.01, "Learning rate.")
     _value(g, "--swa_lr", float, 0.001, "Learning rate once SWA has started.")
+    _value(g, "--swa_lr_schedule", str, "constant",
+           "Learning rate over the SWA stage: 'constant' (--swa_lr throughout, as upstream) or "
+           "'cosine' (from --swa_lr down to zero at the last epoch, half a cosine).",
+           choices=["constant", "cosine"])
     _value(g, "--weight_decay", float, 5e-07, "L2 penalty on the decayed weights.")
     # Upstream quirk kept for compatibility: on by default, and giving it keeps it on.
     _switch(g, "--amsgrad", True, "Use the AMSGrad variant of Adam (always on, as upstream).",

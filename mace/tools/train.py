@@ -47,11 +47,23 @@ def output_request_for(loss_fn: torch.nn.Module, error_table: str) -> OutputRequ
 
 @dataclass
 class SWASettings:
-    """Stage two: from ``start_epoch`` the loss weights change and the lr anneals to ``lr``."""
+    """Stage two: from ``start_epoch`` the loss weights change and the lr drops to ``lr``.
+
+    ``schedule`` 'constant' keeps ``lr`` to the end (upstream); 'cosine' lowers it along half
+    a cosine towards zero at ``end_epoch`` (the first epoch after training).
+    """
 
     start_epoch: int
     loss_fn: torch.nn.Module
     lr: float
+    end_epoch: int
+    schedule: str = "constant"
+
+    def lr_at(self, epoch: int) -> float:
+        if self.schedule == "constant":
+            return self.lr
+        progress = (epoch - self.start_epoch) / max(self.end_epoch - self.start_epoch, 1)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -286,7 +298,7 @@ class Trainer:
             if epoch == self.swa.start_epoch:
                 logging.info("Epoch %d: starting the SWA stage (changing loss weights, lr -> %g)", epoch, self.swa.lr)
             for group in self.optimizer.param_groups:
-                group["lr"] = self.swa.lr
+                group["lr"] = self.swa.lr_at(epoch)
         elif epoch > 0:
             if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.lr_scheduler.step(self.progress.last_valid_loss)

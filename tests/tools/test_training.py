@@ -41,7 +41,7 @@ from mace.tools.errors import UserInputError
 from mace.tools.metrics import TABLE_COLUMNS, ErrorAccumulator, error_table, evaluation_summary
 from mace.tools.optim import build_optimizer, parameter_groups
 from mace.tools.statistics import resolve_e0s
-from mace.tools.train import Trainer, TrainingDivergedError, evaluate, output_request_for
+from mace.tools.train import SWASettings, Trainer, TrainingDivergedError, evaluate, output_request_for
 
 Batch = Dict[str, torch.Tensor]
 
@@ -523,6 +523,23 @@ def test_swa_stage_switches_loss_weights_and_learning_rate(tmp_path, tiny_model,
     assert lr_by_epoch[2] == pytest.approx(0.002) and lr_by_epoch[3] == pytest.approx(0.002)
     assert [(epoch, swa) for epoch, swa, _ in trainer.checkpoints.list()][-1] == (3, True)
     assert set(trainer.progress.best) == {"main", "swa"}
+
+
+def test_swa_lr_schedules_constant_and_cosine() -> None:
+    constant = SWASettings(start_epoch=8, loss_fn=torch.nn.Identity(), lr=0.01, end_epoch=12)
+    cosine = SWASettings(start_epoch=8, loss_fn=torch.nn.Identity(), lr=0.01, end_epoch=12, schedule="cosine")
+    assert [constant.lr_at(e) for e in range(8, 12)] == [0.01] * 4
+    expected = [0.01 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert [cosine.lr_at(e) for e in range(8, 12)] == pytest.approx(expected, rel=1e-12)
+    assert expected[0] == 0.01 and expected[-1] < 0.002
+
+
+def test_cosine_swa_stage_trains_each_epoch_at_its_scheduled_rate(tmp_path, tiny_model, water_configs) -> None:
+    trainer = make_trainer(tmp_path, tiny_model, water_configs, "--swa", "--start_swa=2", "--max_num_epochs=4",
+                           "--lr=0.01", "--swa_lr=0.002", "--swa_lr_schedule=cosine")
+    trainer.run()
+    lr_by_epoch = {line["epoch"]: line["lr"] for line in eval_lines(trainer)}
+    assert lr_by_epoch[2] == pytest.approx(0.002) and lr_by_epoch[3] == pytest.approx(0.001)
 
 
 def test_ema_weights_are_evaluated_and_checkpointed(tmp_path, tiny_model, water_configs) -> None:
