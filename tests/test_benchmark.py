@@ -4,33 +4,72 @@ Training is far too slow for the test suite, so these feed synthetic run outputs
 functions that read them, build the commands, compute the errors and write the report.
 """
 import json
+import sys
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+import benchmarks.compare_methods as compare_methods
 from benchmarks.compare_methods import (
+    CPU100_ANCHORS,
+    METHODS,
     PROTOCOLS,
+    REPO_ROOT,
     BenchmarkSettings,
     ErrorMetrics,
     Protocol,
     ResultRow,
+    Run,
+    RunRecord,
+    RunScore,
+    Spread,
+    anchor_table,
+    anchored_json,
+    anchored_markdown,
+    better_target_line,
+    bound_mark,
+    child_environment,
     dataset_name,
     error_metrics,
+    faithful_bound,
     final_model_path,
+    format_spread,
     log_tail,
+    main_stage_table,
     markdown_table,
+    model_test_errors,
+    parse_arguments,
     parse_trainable_parameters,
     plot_validation_curves,
     read_training_curves,
+    resolve_settings,
     results_markdown,
+    run_training,
     seconds_per_epoch,
+    split_reusable,
+    spread,
+    summarize_method,
     swa_start_for,
     training_command,
 )
 
+# The cpu100 command of ../shared/docs/anchors.md, as written there (seed 123).
+ANCHOR_COMMAND = (
+    "--E0s=average --model=MACE --loss=ef --num_interactions=2 --num_channels=64 --max_L=1 "
+    "--correlation=3 --r_max=5.0 --lr=0.005 --forces_weight=1000 --energy_weight=1 "
+    "--weight_decay=1e-8 --clip_grad=100 --batch_size=5 --valid_batch_size=5 "
+    "--max_num_epochs=100 --scheduler_patience=5 --ema --ema_decay=0.995 --swa --start_swa=80 "
+    "--error_table=TotalMAE --default_dtype=float64 --device=cpu --seed=123 --save_cpu "
+    "--energy_key=REF_energy --forces_key=REF_forces"
+)
 
-def _settings(tmp_path: Path, protocol: Protocol = PROTOCOLS["cpu"]) -> BenchmarkSettings:
+
+def _settings(
+    tmp_path: Path, protocol: Protocol = PROTOCOLS["cpu"], seeds=(123,), methods=("mmea", "scratch")
+) -> BenchmarkSettings:
     return BenchmarkSettings(
         dataset="aspirin",
         foundation=tmp_path / "foundation.model",
@@ -39,11 +78,25 @@ def _settings(tmp_path: Path, protocol: Protocol = PROTOCOLS["cpu"]) -> Benchmar
         valid_fraction=0.5,
         energy_key="REF_energy",
         forces_key="REF_forces",
-        seed=123,
+        seeds=tuple(seeds),
         protocol=protocol,
-        methods=("mmea", "scratch"),
+        methods=tuple(methods),
         out=tmp_path / "out",
+        jobs=protocol.jobs,
     )
+
+
+def _errors(mae_e: float, mae_f: float) -> ErrorMetrics:
+    return ErrorMetrics(mae_e=mae_e, rmse_e=1.3 * mae_e, mae_f=mae_f, rmse_f=1.4 * mae_f)
+
+
+def _score(method: str, seed: int, mae_e: float, mae_f: float, main_f: float, wall_s: float = 1500.0) -> RunScore:
+    return RunScore(method, seed, 0, wall_s, 1480.0, CPU100_ANCHORS[method].trainable,
+                    "rmd17-aspirin_swa.model", _errors(mae_e, mae_f), _errors(mae_e + 0.5, main_f))
+
+
+def _failed(method: str, seed: int) -> RunScore:
+    return RunScore(method, seed, 1, 30.0, 900.0, None, None, None, None)
 
 
 def test_training_curves_keep_epoch_times_and_validation_force_mae_in_mev():
@@ -132,8 +185,8 @@ def test_validation_plot_is_written_as_png(tmp_path):
 def test_fine_tuning_and_scratch_commands_share_the_protocol_and_differ_in_what_trains(tmp_path):
     settings = _settings(tmp_path)
     scratch_flags = ["--model=ScaleShiftMACE", "--num_channels=64", "--max_L=1"]
-    mmea = training_command("mmea", settings, scratch_flags)
-    scratch = training_command("scratch", settings, scratch_flags)
+    mmea = training_command("mmea", 123, settings, scratch_flags)
+    scratch = training_command("scratch", 123, settings, scratch_flags)
     assert mmea[1:3] == ["-m", "mace.cli.run_train"]
     assert f"--foundation_model={settings.foundation.resolve()}" in mmea and "--adapter=mmea" in mmea
     assert not any(flag.startswith(("--foundation_model", "--adapter")) for flag in scratch)
@@ -142,7 +195,7 @@ def test_fine_tuning_and_scratch_commands_share_the_protocol_and_differ_in_what_
               "--forces_weight=1000", "--batch_size=5", "--valid_fraction=0.5", "--seed=123"]
     assert all(flag in mmea and flag in scratch for flag in shared)
     assert "--name=aspirin-mmea" in mmea and "--swa" not in mmea
-    paper = training_command("elora", _settings(tmp_path, PROTOCOLS["paper"]), scratch_flags)
+    paper = training_command("elora", 123, _settings(tmp_path, PROTOCOLS["paper"]), scratch_flags)
     assert "--swa" in paper and "--start_swa=400" in paper
     assert "--max_num_epochs=500" in paper and "--device=cuda" in paper
 
@@ -169,3 +222,186 @@ def test_swa_model_is_scored_when_present_and_log_tail_reads_the_console(tmp_pat
 def test_dataset_name_comes_from_the_rmd17_folder():
     assert dataset_name(Path("repro_data/dataset/dataset_rmd17/revised_aspirin/train.xyz")) == "aspirin"
     assert dataset_name(Path("data/acac/train_300K.xyz")) == "acac"
+
+
+# --------------------------------------------------------------------------------------
+# Protocol cpu100: several seeds, runs side by side, reported against the anchors
+# --------------------------------------------------------------------------------------
+
+
+def test_cpu100_commands_are_exactly_the_anchors_command_plus_the_run_files(tmp_path):
+    settings = _settings(tmp_path, PROTOCOLS["cpu100"], methods=METHODS)
+    run_files = [
+        "--name=rmd17-aspirin",
+        f"--train_file={settings.train_file.resolve()}",
+        "--valid_fraction=0.5",
+        f"--test_file={settings.test_file.resolve()}",
+    ]
+    for method in ("mmea", "elora", "none"):
+        command = training_command(method, 123, settings, ["--ignored_scratch_flag"])
+        assert command[:3] == [sys.executable, "-m", "mace.cli.run_train"]
+        expected = ANCHOR_COMMAND.split() + run_files + [
+            f"--foundation_model={settings.foundation.resolve()}", f"--adapter={method}"
+        ]
+        assert sorted(command[3:]) == sorted(expected)  # same flags, none twice, nothing else
+    scratch = training_command("scratch", 124, settings, ["--ignored_scratch_flag"])
+    assert sorted(scratch[3:]) == sorted(ANCHOR_COMMAND.replace("--seed=123", "--seed=124").split() + run_files)
+    assert not any(flag.startswith(("--foundation_model", "--adapter", "--eval_interval")) for flag in scratch)
+
+
+def test_children_of_cpu100_get_one_thread_and_the_run_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert child_environment(PROTOCOLS["cpu"])["OMP_NUM_THREADS"] == "2"  # left as it is
+    environment = child_environment(PROTOCOLS["cpu100"])
+    assert (environment["OMP_NUM_THREADS"], environment["MKL_NUM_THREADS"]) == ("1", "1")
+    work_dir = tmp_path / "mmea" / "seed-123"
+    work_dir.mkdir(parents=True)
+    (work_dir / "stale.txt").write_text("from an earlier run")
+    show_threads = "import os; print(os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'])"
+    record = run_training("mmea", [sys.executable, "-c", show_threads], work_dir, environment)
+    assert (work_dir / "stdout.txt").read_text() == "1 1\n"
+    assert not (work_dir / "stale.txt").exists()
+    assert record.returncode == 0 and record.peak_rss_mb > 0
+    assert json.loads((work_dir / "run.json").read_text()) == asdict(record)
+
+
+def test_cpu100_keeps_one_work_folder_per_method_and_seed(tmp_path):
+    settings = _settings(tmp_path, PROTOCOLS["cpu100"], seeds=(123, 124), methods=("mmea", "scratch"))
+    assert settings.runs() == [Run("mmea", 123), Run("mmea", 124), Run("scratch", 123), Run("scratch", 124)]
+    files = settings.run_files(Run("scratch", 124))
+    assert files.work_dir == tmp_path / "out" / "scratch" / "seed-124"
+    assert files.main_model == files.work_dir / "rmd17-aspirin.model"
+    assert files.swa_model == files.work_dir / "rmd17-aspirin_swa.model"
+    assert files.log == files.work_dir / "logs" / "rmd17-aspirin_run-124.log"
+    assert files.results == files.work_dir / "results" / "rmd17-aspirin_run-124_train.txt"
+    single = _settings(tmp_path)
+    assert single.work_dir("mmea", 123) == tmp_path / "out" / "mmea"  # cpu and paper as before
+    assert single.run_name("mmea") == "aspirin-mmea"
+
+
+def test_cpu100_defaults_to_two_jobs_and_its_own_report_folder(tmp_path):
+    data = tmp_path / "revised_aspirin"
+    data.mkdir()
+    for path in (tmp_path / "foundation.model", data / "train.xyz", data / "test.xyz"):
+        path.write_text("")
+    inputs = ["--foundation", str(tmp_path / "foundation.model"), "--train_file", str(data / "train.xyz")]
+    settings = resolve_settings(parse_arguments(["--protocol", "cpu100", "--seeds", "123", "124", "125", *inputs]))
+    assert settings.out == REPO_ROOT / "benchmarks" / "results" / "cpu100"
+    assert (settings.jobs, settings.seeds, settings.test_file) == (2, (123, 124, 125), data / "test.xyz")
+    assert (settings.protocol.epochs, settings.protocol.start_swa, settings.protocol.max_test) == (100, 80, None)
+    assert resolve_settings(parse_arguments(["--protocol", "cpu100", "--jobs", "1", *inputs])).jobs == 1
+    single = resolve_settings(parse_arguments(["--seed", "7", *inputs]))
+    assert (single.seeds, single.jobs, single.out.name) == ((7,), 1, "aspirin")
+    with pytest.raises(SystemExit):
+        resolve_settings(parse_arguments(["--seeds", "1", "2", *inputs]))
+
+
+def _finished_run(settings: BenchmarkSettings, run: Run, returncode: int, models) -> None:
+    files = settings.run_files(run)
+    files.work_dir.mkdir(parents=True)
+    (files.work_dir / "run.json").write_text(json.dumps(asdict(RunRecord(run.method, returncode, 60.0, 900.0))))
+    for model in models:
+        getattr(files, model).write_bytes(b"model")
+
+
+def test_reuse_keeps_only_runs_that_succeeded_and_left_their_models(tmp_path):
+    settings = _settings(tmp_path, PROTOCOLS["cpu100"], methods=METHODS)
+    _finished_run(settings, Run("mmea", 123), 0, ("main_model", "swa_model"))
+    _finished_run(settings, Run("elora", 123), 0, ("main_model",))  # stage two's model is missing
+    _finished_run(settings, Run("none", 123), 1, ("main_model", "swa_model"))
+    kept, to_train = split_reusable(settings, reuse=True)
+    assert kept == {Run("mmea", 123): RunRecord("mmea", 0, 60.0, 900.0)}
+    assert to_train == [Run("elora", 123), Run("none", 123), Run("scratch", 123)]
+    assert split_reusable(settings, reuse=False) == ({}, settings.runs())
+    assert list(split_reusable(_settings(tmp_path, PROTOCOLS["cpu"]), reuse=True)[0]) == []  # other layout
+
+
+def test_spread_over_seeds_is_mean_and_half_range():
+    value = spread([21.0, 22.0, 23.6])
+    assert (value.mean, value.half_range, value.count) == (pytest.approx(22.2), pytest.approx(1.3), 3)
+    assert format_spread(value, 1) == "22.2 ± 1.3"
+    assert format_spread(spread([7.04]), 1) == "7.0"
+    assert spread([]) is None and format_spread(None, 1) == "-"
+
+
+def test_method_summary_covers_the_finished_runs_and_counts_the_failed_ones():
+    scores = [_score("mmea", 123, 21.0, 40.0, 40.5, 1440.0), _score("mmea", 124, 22.0, 42.0, 41.0, 1560.0),
+              _failed("mmea", 125)]
+    summary = summarize_method("mmea", scores)
+    assert (summary.finished, summary.failed, summary.trainable) == (2, 1, (72_378,))
+    assert (summary.mae_e.mean, summary.mae_e.half_range) == (pytest.approx(21.5), pytest.approx(0.5))
+    assert (summary.mae_f.mean, summary.mae_f.half_range) == (pytest.approx(41.0), pytest.approx(1.0))
+    assert (summary.wall_min.mean, summary.wall_min.half_range) == (pytest.approx(25.0), pytest.approx(1.0))
+    assert summary.main_mae_f.mean == pytest.approx(40.75)
+    expected_change = (100 * (40.0 - 40.5) / 40.5 + 100 * (42.0 - 41.0) / 41.0) / 2
+    assert summary.stage_two_force_change_pct.mean == pytest.approx(expected_change)
+    nothing = summarize_method("elora", [_failed("elora", 123)])
+    assert (nothing.finished, nothing.failed, nothing.mae_f, nothing.trainable) == (0, 1, None, ())
+
+
+def test_anchor_comparison_marks_each_mean_against_three_percent_over_its_anchor():
+    assert faithful_bound(41.3) == pytest.approx(42.539)
+    assert bound_mark(Spread(42.5, 3.0, 3), faithful_bound(41.3)) == "pass"
+    assert bound_mark(Spread(42.6, 0.1, 3), faithful_bound(41.3)) == "FAIL"
+    assert bound_mark(None, 42.5) == "-"
+    summaries = {
+        "mmea": summarize_method("mmea", [_score("mmea", 123, 21.0, 40.0, 40.5), _score("mmea", 124, 22.0, 42.0, 41.0),
+                                          _failed("mmea", 125)]),
+        "scratch": summarize_method("scratch", [_score("scratch", 123, 40.0, 85.0, 84.0)]),
+    }
+    lines = anchor_table(summaries).splitlines()
+    assert lines[0].startswith("| method | runs | trainable parameters | test MAE E (meV) | test MAE F (meV/A) |")
+    assert lines[2] == ("| MMEA (ours) | 2 (+1 failed) | 72,378 | 21.5 ± 0.5 | 41.0 ± 1.0 | 25.0 ± 0.0 "
+                        "| 1480 ± 0 | 22.6 / 42.5 | pass | pass | yes |")
+    assert lines[3] == "| MMEA anchor (MMEA reference code, rank 16) | 1 | 72,378 | 21.9 | 41.3 | 16.9 | ~1500 |  |  |  |  |"
+    assert lines[4] == ("| from scratch (ours) | 1 | 241,296 | 40.0 | 85.0 | 25.0 | 1480 | 46.0 / 82.0 "
+                        "| pass | FAIL | yes |")
+    assert lines[5].startswith("| from scratch anchor (upstream mace-torch 0.3.5) | 1 | 241,296 | 44.7 | 79.6 | 16.2 |")
+    assert "E 21.5 ± 0.5 → FAIL, F 41.0 ± 1.0 → FAIL" in better_target_line(summaries["mmea"])
+    better = summarize_method("mmea", [_score("mmea", 123, 19.7, 37.0, 37.0)])
+    assert "E 19.7 → pass, F 37.0 → pass" in better_target_line(better)
+
+
+def test_anchored_report_has_the_command_all_three_tables_and_the_numbers_as_json(tmp_path):
+    settings = _settings(tmp_path, PROTOCOLS["cpu100"], seeds=(123, 124), methods=("mmea", "scratch"))
+    scores = [_score("mmea", 123, 21.0, 40.0, 40.5), _score("mmea", 124, 22.0, 42.0, 41.0),
+              _score("scratch", 123, 40.0, 85.0, 84.0), _failed("scratch", 124)]
+    summaries = {method: summarize_method(method, [s for s in scores if s.method == method]) for method in settings.methods}
+    report = anchored_markdown(settings, scores, summaries, 1000, {"from scratch, seed 124": "Traceback\nBoom"}, "python x.py")
+    assert report.startswith("# Protocol cpu100: fine-tuning methods on aspirin against the anchors\n")
+    assert "1000 configurations of" in report and "(seed 123, 124)" in report
+    assert "python -m mace.cli.run_train --name=rmd17-aspirin --seed=123" in report and "--adapter=mmea" in report
+    assert "--eval_interval" not in report
+    assert "## Against the anchors (mean ± half-range" in report and anchor_table(summaries) in report
+    assert "## Main stage best" in report and main_stage_table(summaries) in report
+    assert "| MMEA | 2 | 22.0 ± 0.5 | 40.8 ± 0.2 |" in main_stage_table(summaries)
+    assert "| from scratch | 124 | 1 | - | - | - | - | - | - | - | - | 0.5 | 900 |" in report
+    assert "../shared/docs/anchors.md" in report and "### from scratch, seed 124" in report
+    numbers = json.loads(json.dumps(anchored_json(settings, scores, summaries, 1000, "python x.py")))
+    assert [(run["method"], run["seed"], run["returncode"]) for run in numbers["runs"]] == [
+        ("mmea", 123, 0), ("mmea", 124, 0), ("scratch", 123, 0), ("scratch", 124, 1)]
+    assert numbers["runs"][1]["final"]["mae_f"] == 42.0 and numbers["runs"][1]["main_best"]["mae_f"] == 41.0
+    assert numbers["methods"]["mmea"]["mae_f"]["mean"] == pytest.approx(41.0)
+    assert numbers["anchors"]["scratch"]["mae_f"] == 79.6 and numbers["faithful_tolerance"] == 1.03
+
+
+def test_test_errors_are_kept_beside_the_model_until_it_changes(tmp_path, monkeypatch):
+    predictions = []
+
+    def fake_predictions(model_path, configs, device):
+        predictions.append(model_path)
+        return np.array([c.energy + 0.001 for c in configs]), np.full((2 * len(configs), 3), 0.002)
+
+    monkeypatch.setattr(compare_methods, "predictions_of", fake_predictions)
+    configs = [SimpleNamespace(energy=-10.0 * i, forces=np.zeros((2, 3))) for i in range(3)]
+    settings = _settings(tmp_path, PROTOCOLS["cpu100"])
+    model = tmp_path / "rmd17-aspirin_swa.model"
+    model.write_bytes(b"weights")
+    errors = model_test_errors(model, configs, settings)
+    assert (errors.mae_e, errors.mae_f) == (pytest.approx(1.0), pytest.approx(2.0))
+    assert (tmp_path / "rmd17-aspirin_swa_test_errors.json").is_file()
+    assert model_test_errors(model, configs, settings) == errors and len(predictions) == 1
+    model.write_bytes(b"retrained weights")
+    model_test_errors(model, configs, settings)
+    model_test_errors(model, configs[:2], settings)
+    assert len(predictions) == 3
