@@ -67,6 +67,14 @@ def _owner(name: str, adapter_paths: List[str]) -> str:
     return module_path
 
 
+def adapter_parameter_ids(model: torch.nn.Module) -> set:
+    """ids of the trainable parameters that adapters add (not the foundation weights they wrap)."""
+    return {
+        id(p) for m in model.modules() if isinstance(m, ADAPTER_MODULES)
+        for name, p in m.named_parameters() if p.requires_grad and not name.startswith("base.")
+    }
+
+
 def trainable_parameter_table(model: torch.nn.Module) -> List[Tuple[str, int]]:
     """(module path, trainable parameter count) rows, one per adapter or holding module."""
     adapter_paths = [path for path, m in model.named_modules() if isinstance(m, ADAPTER_MODULES)]
@@ -81,6 +89,7 @@ def trainable_parameter_table(model: torch.nn.Module) -> List[Tuple[str, int]]:
 __all__ = [
     "ELoRAConfig",
     "MMEAConfig",
+    "adapter_parameter_ids",
     "count_trainable",
     "default_settings",
     "inject_adapters",

@@ -330,6 +330,9 @@ def _add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
     _value(g, "--valid_batch_size", int, 10, "Evaluation batch size.")
     _value(g, "--lr", float, 0.01, "Learning rate.")
     _value(g, "--swa_lr", float, 0.001, "Learning rate once SWA has started.")
+    _value(g, "--adapter_lr_factor", float, 1.0,
+           "Fine-tuning: the adapters' own parameters (MMEA gates, low-rank factors) train at "
+           "this multiple of --lr (and of --swa_lr); 1 is the reference codes' choice.")
     _value(g, "--swa_lr_schedule", str, "constant",
            "Learning rate over the SWA stage: 'constant' (--swa_lr throughout, as upstream) or "
            "'cosine' (from --swa_lr down to zero at the last epoch, half a cosine).",
@@ -601,7 +604,7 @@ def _value_errors(args: argparse.Namespace) -> Iterator[str]:
     """Messages for numeric values and literal strings that cannot work."""
     positive_flags = ("r_max", "batch_size", "valid_batch_size", "max_num_epochs", "lr", "swa_lr",
                       "num_radial_basis", "num_cutoff_basis", "num_interactions", "correlation",
-                      "eval_interval", "patience", "clip_grad")
+                      "eval_interval", "patience", "clip_grad", "adapter_lr_factor")
     yield from _positive(args, positive_flags)
     yield from _open_unit_interval(args, ("valid_fraction", "ema_decay"))
     if args.max_ell < 0:

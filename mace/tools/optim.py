@@ -13,6 +13,7 @@ from typing import Any, Dict, List
 
 import torch
 
+from mace.adapters import adapter_parameter_ids
 from mace.modules.models import MACE
 
 DECAYED_INTERACTION_NAMES = ("linear.weight", "skip_tp_full.weight")
@@ -33,7 +34,9 @@ def _interaction_groups(model: MACE) -> Dict[str, List[torch.nn.Parameter]]:
     }
 
 
-def parameter_groups(model: MACE, weight_decay: float) -> List[Dict[str, Any]]:
+def parameter_groups(model: MACE, weight_decay: float, adapter_lr_factor: float = 1.0) -> List[Dict[str, Any]]:
+    """Upstream's groups; with ``adapter_lr_factor`` != 1 the adapters' own parameters (MMEA
+    gates, low-rank factors) form parallel ``*_adapters`` groups whose rate is scaled by it."""
     interactions = _interaction_groups(model)
     grouped = {
         "embedding": (trainable_parameters(model.node_embedding.parameters()), 0.0),
@@ -43,11 +46,14 @@ def parameter_groups(model: MACE, weight_decay: float) -> List[Dict[str, Any]]:
         "readouts": (trainable_parameters(model.readouts.parameters()), 0.0),
     }
     _log_unoptimised(model, {id(p) for params, _ in grouped.values() for p in params})
-    return [
-        {"name": name, "params": params, "weight_decay": decay}
-        for name, (params, decay) in grouped.items()
-        if params
-    ]
+    adapter_ids = adapter_parameter_ids(model) if adapter_lr_factor != 1.0 else set()
+    groups = []
+    for name, (params, decay) in grouped.items():
+        own = [p for p in params if id(p) not in adapter_ids]
+        adapters = [p for p in params if id(p) in adapter_ids]
+        groups.append({"name": name, "params": own, "weight_decay": decay, "lr_factor": 1.0})
+        groups.append({"name": f"{name}_adapters", "params": adapters, "weight_decay": decay, "lr_factor": adapter_lr_factor})
+    return [group for group in groups if group["params"]]
 
 
 def _log_unoptimised(model: MACE, optimised_ids: set) -> None:
@@ -60,7 +66,9 @@ def _log_unoptimised(model: MACE, optimised_ids: set) -> None:
 
 
 def build_optimizer(model: MACE, args: argparse.Namespace) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, args.weight_decay)
+    groups = parameter_groups(model, args.weight_decay, args.adapter_lr_factor)
+    for group in groups:
+        group["lr"] = args.lr * group["lr_factor"]
     if args.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=args.lr, amsgrad=args.amsgrad)
     return torch.optim.Adam(groups, lr=args.lr, amsgrad=args.amsgrad)

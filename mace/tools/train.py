@@ -298,7 +298,7 @@ class Trainer:
             if epoch == self.swa.start_epoch:
                 logging.info("Epoch %d: starting the SWA stage (changing loss weights, lr -> %g)", epoch, self.swa.lr)
             for group in self.optimizer.param_groups:
-                group["lr"] = self.swa.lr_at(epoch)
+                group["lr"] = self.swa.lr_at(epoch) * group.get("lr_factor", 1.0)
         elif epoch > 0:
             if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.lr_scheduler.step(self.progress.last_valid_loss)

@@ -19,6 +19,7 @@ import torch
 from ase import Atoms
 
 from mace.cli.run_train import RunPaths, build_trainer
+from mace.adapters import adapter_parameter_ids, inject_adapters
 from mace.adapters.elora import make_radial_basis_trainable
 from mace.data import Configuration, load_from_xyz
 from mace.data.datasets import Datasets
@@ -347,6 +348,20 @@ def test_weight_decay_groups_follow_upstream_s_name_rule(tiny_model: MACE) -> No
     radial = _ids(tiny_model.radial_embedding.parameters())
     assert len(radial) == 1 and not radial & _ids(every)
     assert len(every) == len(_ids(every)) == len(list(tiny_model.parameters())) - len(radial)
+
+
+def test_adapter_lr_factor_gives_the_adapters_own_groups_at_a_scaled_rate(tiny_model: MACE) -> None:
+    model = inject_adapters(tiny_model, "mmea")
+    adapter_ids = adapter_parameter_ids(model)
+    groups = parameter_groups(model, weight_decay=0.1, adapter_lr_factor=3.0)
+    scaled = _ids(p for group in groups if group["lr_factor"] == 3.0 for p in group["params"])
+    assert scaled == adapter_ids and len(adapter_ids) > 0
+    assert all(group["name"].endswith("_adapters") == (group["lr_factor"] == 3.0) for group in groups)
+    lower_order = _ids(p for p in model.products.parameters() if p.requires_grad) - adapter_ids
+    assert lower_order and not lower_order & scaled
+    unscaled = parameter_groups(model, weight_decay=0.1)
+    assert all(group["lr_factor"] == 1.0 for group in unscaled)
+    assert _ids(p for g in unscaled for p in g["params"]) == _ids(p for g in groups for p in g["params"])
 
 
 def test_frozen_parameters_get_no_optimiser_group(tiny_model: MACE) -> None:
