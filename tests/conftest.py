@@ -1,4 +1,5 @@
 """Test helpers shared by all test folders: where the read-only project data lives."""
+import logging
 import os
 from pathlib import Path
 
@@ -16,3 +17,13 @@ def shared_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder {path} not found (set MMEA_SHARED)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_log_handlers():
+    """run_train's handlers write to the streams of the test that set them up; drop them after it."""
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()

@@ -13,7 +13,6 @@ An adapter file (``NAME_adapter.pt``) holds a plain dictionary, readable with
 Rebuilding repeats the fine-tuning preparation (restrict elements, inject the adapter),
 then loads those tensors, so the result predicts exactly as the fine-tuned model.
 """
-import hashlib
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -24,22 +23,14 @@ import torch
 from mace.adapters import SETTINGS_CLASSES, AdapterConfig, inject_adapters, train_readouts
 from mace.modules.loading import load_model
 from mace.modules.models import MACE
-from mace.tools.errors import UserInputError
-from mace.tools.files import atomic_torch_save
+from mace.tools.errors import UserInputError, one_line
+from mace.tools.files import atomic_torch_save, file_sha256
 from mace.tools.foundation import restrict_to_elements
 
 PathLike = Union[str, os.PathLike]
 FORMAT = "mace-adapter-1"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 FINETUNED_BUFFERS = ("atomic_energies_fn.atomic_energies", "scale_shift.scale", "scale_shift.shift")
-
-
-def file_sha256(path: PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _trainable_tensors(model: MACE) -> Dict[str, torch.Tensor]:
@@ -81,7 +72,7 @@ def _read_adapter(path: PathLike) -> Dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not ours
         raise UserInputError(
-            f"Adapter file '{path}' could not be read as an adapter file ({error!r})"
+            f"Adapter file '{path}' could not be read as an adapter file ({one_line(error)})"
         ) from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserInputError(f"'{path}' is not a MACE adapter file ({FORMAT})")
@@ -121,14 +112,17 @@ def _load_tensors(model: MACE, payload: Dict[str, Any], adapter_path: PathLike) 
         raise UserInputError(f"Adapter '{adapter_path}' does not fit the rebuilt model: {error}") from error
 
 
-def load_adapted_model(foundation_path: PathLike, adapter_path: PathLike, device: str = "cpu") -> MACE:
+def load_adapted_model(
+    foundation_path: PathLike, adapter_path: PathLike, device: str = "cpu", trust_pickle: bool = False
+) -> MACE:
     """The fine-tuned model: ``foundation_path`` with the adapter of ``adapter_path`` applied.
 
-    Refuses (UserInputError) a foundation file other than the one the adapter was trained on.
+    Refuses (UserInputError) a foundation file other than the one the adapter was trained on;
+    ``trust_pickle`` as for :func:`mace.modules.loading.load_model`.
     """
     payload = _read_adapter(adapter_path)
     _check_foundation(foundation_path, payload["foundation_sha256"], adapter_path)
-    foundation = load_model(foundation_path, device=device, dtype=DTYPES[payload["dtype"]])
+    foundation = load_model(foundation_path, device=device, dtype=DTYPES[payload["dtype"]], trust_pickle=trust_pickle)
     model = restrict_to_elements(foundation, payload["atomic_numbers"])
     method = payload["method"]
     inject_adapters(model, method, _settings(method, payload["settings"]))

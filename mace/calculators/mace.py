@@ -18,6 +18,8 @@ class MACECalculator(Calculator):
 
     Stress is computed only for periodic structures. ``energy_units_to_eV`` and
     ``length_units_to_A`` convert a model trained in other units to ASE's eV and Angstrom.
+    ``trust_pickle=True`` reads the model file without the safe loader's restrictions: only
+    for a file you trust (see :func:`mace.modules.loading.load_model`).
     """
 
     implemented_properties = ["energy", "free_energy", "node_energy", "forces", "stress"]
@@ -30,6 +32,7 @@ class MACECalculator(Calculator):
         energy_units_to_eV: float = 1.0,
         length_units_to_A: float = 1.0,
         model: Optional[torch.nn.Module] = None,
+        trust_pickle: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -37,7 +40,8 @@ class MACECalculator(Calculator):
         torch.set_default_dtype(dtype)
         self.device = select_device(device)
         if model is None:
-            model = load_model(self._single_path(model_paths), device=str(self.device), dtype=dtype)
+            path = self._single_path(model_paths)
+            model = load_model(path, device=str(self.device), dtype=dtype, trust_pickle=trust_pickle)
         self.model = model.to(device=self.device, dtype=dtype).eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)

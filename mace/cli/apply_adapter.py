@@ -11,7 +11,7 @@ from typing import List, Optional
 from mace.adapters import merge_elora
 from mace.adapters.io import load_adapted_model
 from mace.modules.loading import save_model
-from mace.tools.cli import run_cli
+from mace.tools.cli import add_trust_pickle_flag, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,11 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", required=True, help="model file to write")
     parser.add_argument("--merge", action="store_true", help="fold low-rank updates into the weights")
+    add_trust_pickle_flag(parser)
     return parser
 
 
 def apply_adapter(args: argparse.Namespace) -> int:
-    model = load_adapted_model(args.foundation_model, args.adapter_file)
+    model = load_adapted_model(args.foundation_model, args.adapter_file, trust_pickle=args.trust_pickle)
     if args.merge:
         model = merge_elora(model)
     save_model(model, args.output)

@@ -14,7 +14,7 @@ import torch
 from mace.data import config_from_atoms
 from mace.data.configuration import read_frames
 from mace.modules.loading import load_model
-from mace.tools.cli import run_cli
+from mace.tools.cli import add_trust_pickle_flag, run_cli
 from mace.tools.files import atomic_write
 from mace.tools.predict import predict
 from mace.tools.torch_setup import select_device, dtype_from_name
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=64, help="configurations per batch")
     parser.add_argument("--compute_stress", action="store_true", help="also predict stress (periodic cells)")
     parser.add_argument("--info_prefix", default="MACE_", help="prefix of the keys written to the output")
+    add_trust_pickle_flag(parser)
     return parser
 
 
@@ -37,7 +38,7 @@ def evaluate_file(args: argparse.Namespace) -> int:
     dtype = dtype_from_name(args.default_dtype)
     torch.set_default_dtype(dtype)
     device = select_device(args.device)
-    model = load_model(args.model, device=device, dtype=dtype)
+    model = load_model(args.model, device=device, dtype=dtype, trust_pickle=args.trust_pickle)
     frames = read_frames(args.configs)
     configs = [config_from_atoms(atoms) for atoms in frames]
     predictions = predict(model, configs, batch_size=args.batch_size, compute_stress=args.compute_stress)

@@ -118,7 +118,13 @@ def parse_config_type_weights(text: str) -> Dict[str, float]:
         ) from exc
 
 
-DEFAULT_FIRST_INTERACTION = "RealAgnosticInteractionBlock"
+# Upstream builds --model=MACE with RealAgnosticInteractionBlock first whatever
+# --interaction_first says, and ScaleShiftMACE with --interaction_first (default residual).
+# Here an explicit --interaction_first wins for both.
+DEFAULT_FIRST_INTERACTION = {
+    "MACE": "RealAgnosticInteractionBlock",
+    "ScaleShiftMACE": "RealAgnosticResidualInteractionBlock",
+}
 E0_KEYWORDS = ("average", "estimated", "foundation")
 FOUNDATION_E0_KEYWORDS = ("estimated", "foundation")
 
@@ -240,9 +246,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
            choices=["RealAgnosticResidualInteractionBlock",
                     "RealAgnosticAttResidualInteractionBlock", "RealAgnosticInteractionBlock"])
     _value(g, "--interaction_first", str, None,
-           "Interaction block of the first layer; default RealAgnosticInteractionBlock, the block "
-           "upstream always builds first. RealAgnosticResidualInteractionBlock is this fork's "
-           "explicit alternative.",
+           "Interaction block of the first layer; default: RealAgnosticInteractionBlock for "
+           "--model MACE (the block upstream always builds there), "
+           "RealAgnosticResidualInteractionBlock for ScaleShiftMACE. Given, it wins for both.",
            choices=["RealAgnosticResidualInteractionBlock", "RealAgnosticInteractionBlock"])
     _value(g, "--max_ell", int, 3, "Highest l of the edge spherical harmonics.")
     _value(g, "--correlation", int, 3, "Body order of the symmetric product basis.")
@@ -371,9 +377,12 @@ def _add_finetuning_flags(parser: argparse.ArgumentParser) -> None:
     """Foundation model and the parameter-efficient adapter that fine-tunes it."""
     g = parser.add_argument_group("fine-tuning")
     _value(g, "--foundation_model", str, None,
-           "MACE model file to fine-tune (a full pickle: only load files you trust).")
+           "MACE model file to fine-tune, or a published name (read safely; see --trust_pickle).")
     _switch(g, "--foundation_model_readout", True,
             "Given: do NOT reuse the foundation model's readout weights.")
+    _switch(g, "--trust_pickle", False,
+            "Unpickle --foundation_model without the safe loader's restrictions, so it can run any "
+            "code it names: only for a file you trust (README, 'What is safe to load').")
     _value(g, "--adapter", str, None,
            "How to fine-tune a foundation model: 'mmea' (magnitude-modulated equivariant "
            "adapter; the default with --foundation_model), 'elora' (equivariant low-rank "
@@ -852,6 +861,6 @@ def parse_args(
     args.log_level = args.log_level.upper()
     resolve_start_swa(args)
     if args.interaction_first is None:
-        args.interaction_first = DEFAULT_FIRST_INTERACTION
+        args.interaction_first = DEFAULT_FIRST_INTERACTION[args.model]
     logging.getLogger(__name__).debug("parsed arguments: %s", vars(args))
     return args

@@ -2,7 +2,9 @@
 
 Each file holds everything needed to resume (model, optimiser, schedulers, EMA, epoch,
 best-loss bookkeeping) and is written atomically, so a run killed at any moment leaves
-only complete checkpoints.
+only complete checkpoints. All of it is plain data (state dicts of tensors, numbers,
+strings, lists, tuples and dicts), so a checkpoint is read with ``weights_only=True``,
+allowing no globals beyond torch's own: a file that names any code is refused, never run.
 """
 import logging
 import re
@@ -11,9 +13,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from mace.tools.errors import UserInputError, one_line
 from mace.tools.files import atomic_torch_save
 
 _FILE_PATTERN = re.compile(r"_epoch-(\d+)(_swa)?\.pt$")
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # how torch's weights-only refusal names it
 
 
 class CheckpointHandler:
@@ -61,5 +65,14 @@ class CheckpointHandler:
 
     @staticmethod
     def load(path: Path, device: torch.device) -> Dict[str, Any]:
+        """The state saved in ``path``, read as data only; UserInputError naming the file otherwise."""
         logging.info("Loading checkpoint %s", path)
-        return torch.load(path, map_location=device, weights_only=False)
+        try:
+            return torch.load(path, map_location=device, weights_only=True)
+        except Exception as error:  # a damaged or foreign file makes torch raise many types
+            refused = _REFUSED_GLOBAL.search(str(error))
+            reason = (
+                f"it refers to {refused.group(1)}, and a checkpoint holds only tensors and plain data"
+                if refused else one_line(error)
+            )
+            raise UserInputError(f"Checkpoint '{path}' could not be loaded: {reason}") from error

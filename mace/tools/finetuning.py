@@ -25,7 +25,7 @@ from mace.data.configuration import Configuration, compute_average_e0s
 from mace.modules.models import MACE
 from mace.tools.arg_parser import AdapterSettings
 from mace.tools.errors import UserInputError
-from mace.tools.files import atomic_write
+from mace.tools.files import atomic_write, record_or_check_sha256
 from mace.tools.atomic_numbers import AtomicNumberTable
 from mace.tools.foundation import restrict_to_elements, set_e0s
 from mace.tools.predict import predict
@@ -67,6 +67,7 @@ def resolve_foundation_path(name_or_path: str) -> Path:
                 "download the file elsewhere and pass its path instead"
             ) from None
         atomic_write(cached, lambda temporary: Path(temporary).write_bytes(data))
+    record_or_check_sha256(cached)
     return cached
 
 
@@ -128,7 +129,9 @@ def prepare_foundation(
     device: torch.device,
 ) -> MACE:
     """Foundation restricted to the data's elements (readouts re-initialised if asked)."""
-    foundation = load_model(foundation_path, device=str(device), dtype=torch.get_default_dtype())
+    foundation = load_model(
+        foundation_path, device=str(device), dtype=torch.get_default_dtype(), trust_pickle=args.trust_pickle
+    )
     logging.info("Foundation model %s: %s", foundation_path, foundation_architecture(foundation))
     warn_architecture_mismatch(args, foundation, explicit_flags)
     model = restrict_to_elements(foundation, atomic_numbers)

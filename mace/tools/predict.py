@@ -7,6 +7,7 @@ import torch
 
 from mace.data import Configuration, batch_to_device, collate_graphs, graph_from_configuration
 from mace.tools.atomic_numbers import AtomicNumberTable
+from mace.tools.errors import UserInputError
 
 
 @dataclass
@@ -50,7 +51,18 @@ def predict(
         batch = batch_to_device(collate_graphs(graphs[start : start + batch_size]), device, dtype)
         output = model(batch, training=False, compute_force=True, compute_stress=compute_stress)
         predictions.extend(_split_batch_output(batch, output, compute_stress))
+    _check_finite(predictions)
     return predictions
+
+
+def _check_finite(predictions: Sequence[Prediction]) -> None:
+    """NaN or inf energies or forces (a damaged or diverged model) are an error naming the
+    configuration; stress is not checked (it is not defined for a frame without a cell)."""
+    for index, prediction in enumerate(predictions):
+        if not (np.isfinite(prediction.energy) and np.isfinite(prediction.forces).all()):
+            raise UserInputError(
+                f"The model predicts a non-finite energy or forces (NaN or inf) for configuration {index}"
+            )
 
 
 def _split_batch_output(

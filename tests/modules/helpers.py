@@ -1,5 +1,5 @@
 """Small models and molecules shared by the model tests."""
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +13,12 @@ ELEMENTS = (1, 6, 8)
 
 
 def tiny_model(
-    scale_shift: bool = True, channels: int = 8, max_L: int = 1, correlation: int = 3, num_interactions: int = 2
+    scale_shift: bool = True,
+    channels: int = 8,
+    max_L: int = 1,
+    correlation: int = 3,
+    num_interactions: int = 2,
+    gate: Optional[Callable] = torch.nn.functional.silu,
 ) -> MACE:
     """A random-weight model small enough for fast tests (float64)."""
     irreps = " + ".join(f"{channels}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(max_L + 1))
@@ -32,7 +37,7 @@ def tiny_model(
         avg_num_neighbors=5.0,
         atomic_numbers=ELEMENTS,
         correlation=correlation,
-        gate=torch.nn.functional.silu,
+        gate=gate,
         radial_MLP=[16, 16],
     )
     if scale_shift:

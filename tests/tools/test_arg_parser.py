@@ -34,7 +34,6 @@ UPSTREAM_DEFAULTS = {
     "num_radial_basis": 8, "num_cutoff_basis": 5, "pair_repulsion": False,
     "distance_transform": "None",
     "interaction": "RealAgnosticResidualInteractionBlock",
-    "interaction_first": "RealAgnosticResidualInteractionBlock",
     "max_ell": 3, "correlation": 3, "num_interactions": 2, "MLP_irreps": "16x0e",
     "radial_MLP": "[64, 64, 64]", "hidden_irreps": "128x0e + 128x1o", "num_channels": None,
     "max_L": None, "gate": "silu", "scaling": "rms_forces_scaling", "avg_num_neighbors": 1,
@@ -53,7 +52,7 @@ UPSTREAM_DEFAULTS = {
     "weight_decay": 5e-07, "amsgrad": True, "scheduler": "ReduceLROnPlateau", "lr_factor": 0.8,
     "scheduler_patience": 50, "lr_scheduler_gamma": 0.9993, "swa": False, "start_swa": None,
     "ema": False, "ema_decay": 0.99, "max_num_epochs": 2048, "patience": 2048,
-    "foundation_model": None, "foundation_model_readout": True, "eval_interval": 2,
+    "foundation_model": None, "foundation_model_readout": True, "trust_pickle": False, "eval_interval": 2,
     "keep_checkpoints": False, "save_all_checkpoints": False, "restart_latest": False,
     "save_cpu": False, "clip_grad": 10.0, "wandb": False, "wandb_project": "",
     "wandb_entity": "", "wandb_name": "",
@@ -87,6 +86,7 @@ SWITCH_WHEN_GIVEN = {
     "distributed": True, "pair_repulsion": True, "swa": True, "ema": True,
     "keep_checkpoints": True, "save_all_checkpoints": True, "restart_latest": True,
     "save_cpu": True, "wandb": True, "foundation_model_readout": False, "amsgrad": True,
+    "trust_pickle": True,
 }
 
 SEED_COMMAND = (
@@ -135,6 +135,17 @@ def test_validated_minimal_command_keeps_defaults():
         if dest in ("name", "train_file"):
             continue
         assert getattr(args, dest) == default, dest
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [([], "RealAgnosticInteractionBlock"),
+     (["--model", "ScaleShiftMACE"], "RealAgnosticResidualInteractionBlock"),
+     (["--interaction_first", "RealAgnosticResidualInteractionBlock"], "RealAgnosticResidualInteractionBlock")],
+)
+def test_first_interaction_block_follows_the_model_as_upstream(extra, expected):
+    assert build_parser().parse_args([]).interaction_first is None
+    assert _parse(extra).interaction_first == expected
 
 
 def test_upstream_choices_are_accepted_by_the_parser():
