@@ -15,6 +15,7 @@ from mace.data import config_from_atoms
 from mace.data.configuration import read_frames
 from mace.modules.loading import load_model
 from mace.tools.cli import add_trust_pickle_flag, run_cli
+from mace.tools.errors import UserInputError
 from mace.tools.files import atomic_write
 from mace.tools.predict import predict
 from mace.tools.torch_setup import select_device, dtype_from_name
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def evaluate_file(args: argparse.Namespace) -> int:
+    if args.batch_size <= 0:  # range() would yield no batch at all: no predictions, exit 0
+        raise UserInputError(f"--batch_size must be a positive integer, got {args.batch_size}")
     dtype = dtype_from_name(args.default_dtype)
     torch.set_default_dtype(dtype)
     device = select_device(args.device)

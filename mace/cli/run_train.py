@@ -11,7 +11,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch_ema import ExponentialMovingAverage
@@ -19,15 +19,24 @@ from torch_ema import ExponentialMovingAverage
 from mace.adapters import merge_elora
 from mace.adapters.io import save_adapter
 from mace.data import make_loader
-from mace.data.datasets import Datasets, dataset_elements, load_datasets
+from mace.data.datasets import Datasets, dataset_elements, load_datasets, write_valid_indices
 from mace.modules.builder import build_model
 from mace.modules.loading import save_model
 from mace.modules.loss import build_loss, build_stage_two_loss
 from mace.modules.models import MACE
-from mace.tools.arg_parser import parse_args, parse_atomic_numbers, parse_e0s, parse_radial_mlp, resolve_adapter_settings
+from mace.tools.arg_parser import (
+    defining_settings,
+    parse_args,
+    parse_atomic_numbers,
+    parse_e0s,
+    parse_radial_mlp,
+    resolve_adapter_settings,
+)
 from mace.tools.atomic_numbers import AtomicNumberTable
 from mace.tools.checkpoint import CheckpointHandler
 from mace.tools.cli import run_cli
+from mace.tools.errors import UserInputError
+from mace.tools.files import remove_stale_temporaries, unwritable_folder_reason
 from mace.tools.finetuning import (
     adapter_config,
     apply_adapters,
@@ -39,6 +48,8 @@ from mace.tools.logging_setup import setup_logging
 from mace.tools.optim import build_optimizer, build_scheduler, trainable_parameters
 from mace.tools.predict import model_graphs
 from mace.tools.reporting import evaluate_sets, log_error_table
+from mace.tools.restart import checkpoint_to_resume, resume
+from mace.tools.run_lock import RunLock
 from mace.tools.statistics import average_num_neighbors, resolve_e0s, scale_and_shift
 from mace.tools.torch_setup import dtype_from_name, select_device, set_seeds
 from mace.tools.train import LoopSettings, SWASettings, Trainer, TrainingDivergedError, output_request_for
@@ -69,6 +80,44 @@ class RunPaths:
             model=model_dir / f"{args.name}.model",
             swa_model=model_dir / f"{args.name}_swa.model",
         )
+
+    @staticmethod
+    def adapter_file(model: Path) -> Path:
+        """NAME_adapter.pt, next to a fine-tuned NAME.model or NAME_swa.model."""
+        return model.with_name(f"{model.stem}_adapter.pt")
+
+    @staticmethod
+    def merged_file(model: Path) -> Path:
+        """NAME_merged.model, the ELoRA model with its updates folded in."""
+        return model.with_name(f"{model.stem}_merged.model")
+
+    def final_files(self) -> List[Path]:
+        """Files written whole (atomically) once the inputs are validated or training ended."""
+        models = [self.model, self.swa_model]
+        return [self.valid_indices, *models, *map(self.adapter_file, models), *map(self.merged_file, models)]
+
+    def output_folders(self) -> Dict[str, Path]:
+        """Each output folder under the flag that sets it."""
+        return {"--log_dir": self.log.parent, "--results_dir": self.results.parent,
+                "--checkpoints_dir": self.checkpoints, "--model_dir": self.model.parent}
+
+    def lock_files(self) -> List[Path]:
+        """One lock in each output folder, named after what this run writes there: NAME_run-SEED
+        (log, results, checkpoints), and NAME in the model folder, as NAME.model has no seed."""
+        locks = {folder / f"{self.tag}.lock" for folder in (self.log.parent, self.results.parent, self.checkpoints)}
+        return sorted(locks | {self.model.with_suffix(".lock")})
+
+
+def check_output_locations(paths: RunPaths) -> None:
+    """Refuse, before any data is read, a run that could not write its outputs (rather than
+    fail after training): every output folder writable or creatable, no file name taken by a folder."""
+    for flag, folder in paths.output_folders().items():
+        reason = unwritable_folder_reason(folder)
+        if reason is not None:
+            raise UserInputError(f"{flag}: {reason}")
+    for path in [paths.log, paths.results, *paths.final_files()]:
+        if path.is_dir():
+            raise UserInputError(f"Output file '{path}' is a folder: move it away or choose another --name")
 
 
 def explicit_flag_names(argv: Sequence[str]) -> List[str]:
@@ -117,7 +166,10 @@ def build_trainer(args: argparse.Namespace, model: MACE, datasets: Datasets, pat
         swa=swa,
         train_loader=make_loader(model_graphs(model, datasets.train), args.batch_size, shuffle=True, drop_last=len(datasets.train) > args.batch_size, seed=args.seed),
         valid_loader=make_loader(model_graphs(model, datasets.valid), args.valid_batch_size, shuffle=False),
-        checkpoints=CheckpointHandler(str(paths.checkpoints), paths.tag, keep=args.keep_checkpoints or args.save_all_checkpoints),
+        checkpoints=CheckpointHandler(
+            str(paths.checkpoints), paths.tag, keep=args.keep_checkpoints or args.save_all_checkpoints,
+            run_settings=defining_settings(args),
+        ),
         results_path=paths.results,
         settings=LoopSettings(
             max_num_epochs=args.max_num_epochs,
@@ -128,17 +180,6 @@ def build_trainer(args: argparse.Namespace, model: MACE, datasets: Datasets, pat
         ),
         device=device,
     )
-
-
-def restart_if_requested(trainer: Trainer, args: argparse.Namespace, device: torch.device) -> None:
-    if not args.restart_latest:
-        return
-    latest = trainer.checkpoints.latest()
-    if latest is None:
-        logging.info("--restart_latest: no checkpoint of this run yet, starting from scratch")
-        return
-    trainer.restore(CheckpointHandler.load(latest, device))
-    logging.info("Resuming after epoch %d from %s", trainer.progress.epoch - 1, latest)
 
 
 def final_models(trainer: Trainer, paths: RunPaths, device: torch.device) -> Iterator[Tuple[str, Path]]:
@@ -163,7 +204,7 @@ def save_final_model(model: MACE, target: Path, args: argparse.Namespace) -> Non
 def save_finetuning_outputs(model: MACE, args: argparse.Namespace, model_path: Path) -> None:
     """Next to NAME.model: NAME_adapter.pt (only trained tensors) and, for ELoRA, NAME_merged.model."""
     settings = resolve_adapter_settings(args)
-    adapter_path = model_path.with_name(f"{model_path.stem}_adapter.pt")
+    adapter_path = RunPaths.adapter_file(model_path)
     foundation = resolve_foundation_path(args.foundation_model)
     save_adapter(
         model, adapter_path, settings.method, adapter_config(settings), foundation,
@@ -171,40 +212,74 @@ def save_finetuning_outputs(model: MACE, args: argparse.Namespace, model_path: P
     )
     logging.info("Saved adapter file to %s", adapter_path)
     if settings.method == "elora":
-        merged_path = model_path.with_name(f"{model_path.stem}_merged.model")
+        merged_path = RunPaths.merged_file(model_path)
         save_model(merge_elora(copy.deepcopy(model)).to("cpu"), merged_path)
         logging.info("Saved merged ELoRA model to %s", merged_path)
 
 
-def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    paths = RunPaths.from_args(args)
-    setup_logging(args.log_level, paths.log)
+def remove_interrupted_writes(paths: RunPaths, checkpoints: CheckpointHandler) -> None:
+    """Delete the temporaries a killed run left of its final files and checkpoints (the lock
+    guarantees no live run of this name is writing them)."""
+    stale = remove_stale_temporaries(paths.final_files())
+    if stale:
+        logging.info("Removed %d unfinished output file(s) of an interrupted run", len(stale))
+    checkpoints.remove_stale_temporaries()
+
+
+def save_and_evaluate(args: argparse.Namespace, trainer: Trainer, datasets: Datasets, paths: RunPaths, device: torch.device) -> None:
+    """Save the best model of each stage (and its adapter files), then log its error table."""
+    request = output_request_for(trainer.loss_fn, args.error_table)
+    sets = [("train", datasets.train), ("valid", datasets.valid)] + list(datasets.tests)
+    for stage, target in final_models(trainer, paths, device):
+        save_final_model(trainer.model, target, args)
+        trainer.model.to(device)
+        if args.foundation_model:
+            save_finetuning_outputs(trainer.model, args, target)
+        rows = evaluate_sets(trainer.model, sets, trainer.stage_loss(0), args.valid_batch_size, device, request)
+        log_error_table(f"{stage} model {target.name}", args.error_table, rows)
+
+
+def train_and_save(args: argparse.Namespace, argv: Sequence[str], paths: RunPaths) -> int:
+    """Validate every input (restart checkpoint, data, model) before writing any output, then train."""
     logging.info("Command line: %s", " ".join(argv))
+    checkpoints = CheckpointHandler(str(paths.checkpoints), paths.tag)
+    remove_interrupted_writes(paths, checkpoints)
     set_seeds(args.seed)
     torch.set_default_dtype(dtype_from_name(args.default_dtype))
     device = select_device(args.device)
-    datasets = load_datasets(args, paths.valid_indices)
+    checkpoint = checkpoint_to_resume(checkpoints, defining_settings(args), device) if args.restart_latest else None
+    datasets = load_datasets(args)
     model = build_run_model(args, datasets, argv, device)
     trainer = build_trainer(args, model, datasets, paths, device)
-    trainer.checkpoints.remove_stale_temporaries()
-    restart_if_requested(trainer, args, device)
+    if checkpoint is not None:
+        resume(trainer, checkpoint)
+    write_valid_indices(datasets, paths.valid_indices, args.train_file)
     try:
         trainer.run()
     except TrainingDivergedError as error:
         logging.error(str(error))
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
-    request = output_request_for(trainer.loss_fn, args.error_table)
-    sets = [("train", datasets.train), ("valid", datasets.valid)] + list(datasets.tests)
-    for stage, target in final_models(trainer, paths, device):
-        save_final_model(model, target, args)
-        model.to(device)
-        if args.foundation_model:
-            save_finetuning_outputs(model, args, target)
-        rows = evaluate_sets(model, sets, trainer.stage_loss(0), args.valid_batch_size, device, request)
-        log_error_table(f"{stage} model {target.name}", args.error_table, rows)
+    save_and_evaluate(args, trainer, datasets, paths, device)
     logging.info("Done")
     return 0
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Check the output folders, lock them against a second run of this name, then train.
+
+    TorchScript (e3nn's compiled kernels) runs unoptimised: the optimising executor changes
+    a function's numerics after its first calls (profiling runs, then graphs with their own
+    derivative formulas), so a resumed process, whose first calls fall at a later epoch,
+    would drift in the last bits from the run it replaces; unoptimised, every call computes alike.
+    """
+    paths = RunPaths.from_args(args)
+    check_output_locations(paths)
+    with RunLock(paths.lock_files()) as lock, torch.jit.optimized_execution(False):
+        setup_logging(args.log_level, paths.log)
+        for stale in lock.taken_over:
+            logging.warning("Took over lock file %s, left by a run that no longer exists", stale)
+        return train_and_save(args, argv, paths)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -1,8 +1,8 @@
 """Labelled structures read from extended XYZ files, train/valid splits and reference energies.
 
 Everything a user can get wrong here (missing file, malformed frame, missing label key,
-unknown element) raises :class:`~mace.tools.errors.UserInputError` naming the file, frame
-index and key, so the command line can report it in one sentence.
+NaN or inf label, unknown element) raises :class:`~mace.tools.errors.UserInputError` naming
+the file, frame index and key, so the command line can report it in one sentence.
 """
 import logging
 import os
@@ -197,6 +197,15 @@ def read_frames(path: str) -> List[Atoms]:
     return frames
 
 
+def _non_finite_label(config: Configuration, keys: Dict[str, str]) -> Optional[str]:
+    """Description of the first of ``keys`` ({label: file key}) holding NaN or inf, if any."""
+    for label, key in keys.items():
+        value = getattr(config, label)
+        if value is not None and not np.isfinite(value).all():
+            return f"{label} '{key}'"
+    return None
+
+
 def _is_isolated_atom(config: Configuration) -> bool:
     return config.num_atoms == 1 and config.config_type == ISOLATED_ATOM_CONFIG_TYPE
 
@@ -221,6 +230,8 @@ def load_from_xyz(
     """
     atomic_energies: Dict[int, float] = {}
     configs: List[Configuration] = []
+    label_keys = {"positions": "positions", "energy": energy_key, "forces": forces_key,
+                  "stress": stress_key, "virials": virials_key}
     for index, atoms in enumerate(read_frames(path)):
         try:
             config = config_from_atoms(
@@ -228,6 +239,10 @@ def load_from_xyz(
             )
         except UserInputError as error:
             raise UserInputError(f"{path} frame {index}: {error}") from None
+        non_finite = _non_finite_label(config, label_keys)
+        if non_finite is not None:
+            # Caught here, a NaN cannot reach the loss (a misleading "lower --lr") or an error table.
+            raise UserInputError(f"{path} frame {index}: {non_finite} holds NaN or inf; fix or remove the frame.")
         if config.energy is None and require_energy:
             raise UserInputError(
                 f"{path} frame {index} has no '{energy_key}' energy "

@@ -23,10 +23,14 @@ NamedSet = Tuple[str, List[Configuration]]
 
 @dataclass
 class Datasets:
+    """``valid_indices``: which frames of the training file a seeded split held out (None
+    with --valid_file)."""
+
     train: List[Configuration]
     valid: List[Configuration]
     tests: List[NamedSet] = field(default_factory=list)
     isolated_atom_e0s: Dict[int, float] = field(default_factory=dict)
+    valid_indices: Optional[List[int]] = None
 
     def all_configurations(self) -> List[Configuration]:
         return self.train + self.valid + [c for _, configs in self.tests for c in configs]
@@ -65,8 +69,8 @@ def test_sets(args: argparse.Namespace) -> List[NamedSet]:
     return sets
 
 
-def load_datasets(args: argparse.Namespace, valid_indices_path: Path) -> Datasets:
-    """Train/valid (file or seeded split, chosen indices written to ``valid_indices_path``) and tests."""
+def load_datasets(args: argparse.Namespace) -> Datasets:
+    """Train/valid (file or seeded split) and tests; nothing is written (see :func:`write_valid_indices`)."""
     isolated, train = _read(args.train_file, args, extract_atomic_energies=True, keep_isolated_atoms=args.keep_isolated_atoms)
     check_labels(train, need_forces=True, path=args.train_file, forces_key=args.forces_key)
     indices: Optional[List[int]] = None
@@ -74,20 +78,25 @@ def load_datasets(args: argparse.Namespace, valid_indices_path: Path) -> Dataset
         _, valid = _read(args.valid_file, args)
     else:
         train, valid, indices = random_train_valid_split(train, args.valid_fraction, args.seed)
-    tests = test_sets(args)
-    if indices is not None:
-        # Written only once every file has been read, so bad input leaves no outputs behind.
-        atomic_write(valid_indices_path, lambda tmp: np.savetxt(tmp, np.asarray(indices, dtype=int), fmt="%d"))
-        logging.info(
-            "Validation set: %d of %d configurations of %s (indices in %s)",
-            len(valid), len(train) + len(valid), args.train_file, valid_indices_path,
-        )
-    datasets = Datasets(train=train, valid=valid, tests=tests, isolated_atom_e0s=isolated)
+    datasets = Datasets(train=train, valid=valid, tests=test_sets(args), isolated_atom_e0s=isolated, valid_indices=indices)
     logging.info(
         "Data: %d training, %d validation configurations; test sets: %s",
         len(train), len(valid), ", ".join(f"{name} ({len(c)})" for name, c in datasets.tests) or "none",
     )
     return datasets
+
+
+def write_valid_indices(datasets: Datasets, path: Path, train_file: str) -> None:
+    """Record the held-out frames of a seeded split. The run calls it only once every input
+    (data, model, restart) has been validated, so bad input never replaces an earlier run's file."""
+    if datasets.valid_indices is None:
+        return
+    indices = np.asarray(datasets.valid_indices, dtype=int)
+    atomic_write(path, lambda temporary: np.savetxt(temporary, indices, fmt="%d"))
+    logging.info(
+        "Validation set: %d of %d configurations of %s (indices in %s)",
+        len(datasets.valid), len(datasets.train) + len(datasets.valid), train_file, path,
+    )
 
 
 def dataset_elements(datasets: Datasets, explicit: Optional[List[int]]) -> List[int]:

@@ -66,3 +66,17 @@ def make_loader(
         collate_fn=collate_graphs,
         generator=generator,
     )
+
+
+def shuffle_state(loader: object) -> Optional[torch.Tensor]:
+    """State of the generator that shuffles ``loader`` (None without one): a checkpoint keeps
+    it so that a resumed run draws the batches of every later epoch as the uninterrupted one."""
+    generator = getattr(loader, "generator", None)
+    return None if generator is None else generator.get_state()
+
+
+def restore_shuffle_state(loader: object, state: Optional[torch.Tensor]) -> None:
+    """Put back what :func:`shuffle_state` saved; a checkpoint without it leaves ``loader`` as is."""
+    generator = getattr(loader, "generator", None)
+    if generator is not None and state is not None:
+        generator.set_state(state.cpu())  # loaded with map_location, it may sit on the GPU

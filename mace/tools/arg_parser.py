@@ -10,6 +10,7 @@ implementation's environment knobs by :func:`resolve_adapter_settings`.
 
 Public API: :func:`build_parser`, :func:`parse_args`, :func:`resolve_adapter_settings`,
 :class:`AdapterSettings`, :class:`UserInputError` (re-exported from ``mace.tools.errors``);
+:func:`defining_settings` and :data:`RESTART_MAY_CHANGE` (what a restart must keep);
 the steps of :func:`parse_args` (:func:`config_file_defaults`,
 :func:`apply_channel_override`, :func:`resolve_start_swa`);
 the flag types :func:`str2bool`, :func:`float_or_none`; :func:`hidden_irreps_from_channels`;
@@ -23,11 +24,13 @@ import ast
 import difflib
 import json
 import logging
+import math
 import os
 import warnings
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from e3nn import o3
 
@@ -111,11 +114,14 @@ def parse_config_type_weights(text: str) -> Dict[str, float]:
     if not isinstance(weights, dict):
         raise UserInputError(f"--config_type_weights: expected a dict literal, got {text!r}")
     try:
-        return {str(key): float(value) for key, value in weights.items()}
+        parsed = {str(key): float(value) for key, value in weights.items()}
     except (TypeError, ValueError) as exc:
         raise UserInputError(
             f"--config_type_weights: weights must be numbers, got {text!r}"
         ) from exc
+    if not all(math.isfinite(weight) and weight >= 0 for weight in parsed.values()):
+        raise UserInputError(f"--config_type_weights: weights must be finite and non-negative, got {text!r}")
+    return parsed
 
 
 # Upstream builds --model=MACE with RealAgnosticInteractionBlock first whatever
@@ -132,11 +138,14 @@ FOUNDATION_E0_KEYWORDS = ("estimated", "foundation")
 def _e0s_dict(raw: Mapping[Any, Any], origin: str) -> Dict[int, float]:
     """Normalise an E0 mapping (JSON keys arrive as strings) to ``{Z: energy}``."""
     try:
-        return {int(key): float(value) for key, value in raw.items()}
+        e0s = {int(key): float(value) for key, value in raw.items()}
     except (TypeError, ValueError) as exc:
         raise UserInputError(
             f"--E0s: {origin} must map atomic numbers to energies in eV"
         ) from exc
+    if not all(math.isfinite(energy) for energy in e0s.values()):
+        raise UserInputError(f"--E0s: {origin} holds an energy that is NaN or inf")
+    return e0s
 
 
 def parse_e0s(text: Optional[str]) -> Union[None, str, Dict[int, float]]:
@@ -593,39 +602,63 @@ def _required_errors(args: argparse.Namespace) -> Iterator[str]:
         yield "--train_file is required: give the extxyz file of training configurations"
 
 
-def _positive(args: argparse.Namespace, flags: Sequence[str]) -> Iterator[str]:
-    """Messages for flags among ``flags`` whose value is not > 0."""
-    for flag in flags:
-        value = getattr(args, flag)
-        if value is not None and not value > 0:
-            yield f"--{flag} must be positive, got {value}"
+@dataclass(frozen=True)
+class _Range:
+    """The values a numeric flag accepts: ``holds`` (False for NaN, which fails every
+    comparison) and how the message words it. Infinity is refused for every flag."""
+
+    holds: Callable[[float], bool]
+    words: str
 
 
-def _open_unit_interval(args: argparse.Namespace, flags: Sequence[str]) -> Iterator[str]:
-    """Messages for flags among ``flags`` whose value is not strictly between 0 and 1."""
-    for flag in flags:
+_POSITIVE = _Range(lambda value: value > 0, "a finite positive number")
+_NON_NEGATIVE = _Range(lambda value: value >= 0, "a finite non-negative number")
+_ANY_FINITE = _Range(lambda value: value == value, "a finite number")
+_OPEN_UNIT = _Range(lambda value: 0 < value < 1, "strictly between 0 and 1")
+_SEED = _Range(lambda value: 0 <= value < 2**32, "between 0 and 2**32 - 1 (numpy's seed range)")
+# Below 0.5 A an atom has no neighbour in any real structure (the shortest bond, H2's, is
+# 0.74 A): the model would see no edges and learn nothing but per-element energies.
+_CUTOFF = _Range(lambda value: value >= 0.5, "at least 0.5 (Angstrom): no chemical bond is shorter")
+
+_FLAG_RANGES: Dict[str, _Range] = {
+    **dict.fromkeys(
+        ("batch_size", "valid_batch_size", "max_num_epochs", "eval_interval", "patience",
+         "num_radial_basis", "num_cutoff_basis", "num_interactions", "correlation",
+         "lr", "swa_lr", "adapter_lr_factor", "lr_scheduler_gamma", "clip_grad", "huber_delta",
+         "avg_num_neighbors", "std"),
+        _POSITIVE),
+    **dict.fromkeys(
+        ("max_ell", "start_swa", "num_workers", "scheduler_patience", "weight_decay",
+         *(f"{prefix}{term}_weight" for prefix in ("", "swa_")
+           for term in ("energy", "forces", "stress", "virials", "dipole"))),
+        _NON_NEGATIVE),
+    **dict.fromkeys(("valid_fraction", "ema_decay", "lr_factor"), _OPEN_UNIT),
+    "mean": _ANY_FINITE,
+    "seed": _SEED,
+    "r_max": _CUTOFF,
+}
+
+
+def _is_finite(value: float) -> bool:
+    """Python ints are always finite (and may be too large for a float)."""
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _range_errors(args: argparse.Namespace) -> Iterator[str]:
+    """Messages for numeric flags outside their range in :data:`_FLAG_RANGES` (unset ones pass)."""
+    for flag, valid in _FLAG_RANGES.items():
         value = getattr(args, flag)
-        if not 0.0 < value < 1.0:
-            yield f"--{flag} must lie strictly between 0 and 1, got {value}"
+        if value is not None and not (valid.holds(value) and _is_finite(value)):
+            yield f"--{flag} must be {valid.words}, got {value}"
 
 
 def _value_errors(args: argparse.Namespace) -> Iterator[str]:
     """Messages for numeric values and literal strings that cannot work."""
-    positive_flags = ("r_max", "batch_size", "valid_batch_size", "max_num_epochs", "lr", "swa_lr",
-                      "num_radial_basis", "num_cutoff_basis", "num_interactions", "correlation",
-                      "eval_interval", "patience", "clip_grad", "adapter_lr_factor")
-    yield from _positive(args, positive_flags)
-    yield from _open_unit_interval(args, ("valid_fraction", "ema_decay"))
-    if args.max_ell < 0:
-        yield f"--max_ell must be non-negative, got {args.max_ell}"
-    if args.start_swa is not None and args.start_swa < 0:
-        yield f"--start_swa must be non-negative, got {args.start_swa}"
+    yield from _range_errors(args)
     if parse_e0s_keyword(args.E0s) in FOUNDATION_E0_KEYWORDS and not args.foundation_model:
         yield f"--E0s={args.E0s} needs --foundation_model (it starts from the foundation's energies)"
     if args.swa and args.loss == "forces_only":
         yield "--swa cannot be used with --loss=forces_only: the SWA stage weighs energies"
-    if args.num_workers < 0:
-        yield f"--num_workers must be non-negative, got {args.num_workers}"
     if args.scheduler not in SUPPORTED_SCHEDULERS:
         choices = ", ".join(SUPPORTED_SCHEDULERS)
         yield f"--scheduler {args.scheduler} is unknown; choose one of {choices}"
@@ -732,8 +765,8 @@ def _resolve_mmea_rank(flag: Optional[int], environ: Mapping[str, str]) -> int:
 def _resolve_mmea_std(flag: Optional[float], environ: Mapping[str, str]) -> Optional[float]:
     """--mmea_std, else $MMEA_STD, else unset (None)."""
     std, origin = _flag_or_env_number(flag, environ, "--mmea_std", "MMEA_STD", float)
-    if std is not None and not std >= 0.0:  # also rejects NaN
-        raise UserInputError(f"{origin} must be a non-negative number, got {std}")
+    if std is not None and not 0.0 <= std < math.inf:  # also rejects NaN
+        raise UserInputError(f"{origin} must be a finite non-negative number, got {std}")
     return std
 
 
@@ -791,8 +824,8 @@ def resolve_adapter_settings(
     init, std = _resolve_mmea_init(args.mmea_init, std)
     if args.elora_rank <= 0:
         raise UserInputError(f"--elora_rank must be a positive integer, got {args.elora_rank}")
-    if not args.elora_alpha > 0.0:
-        raise UserInputError(f"--elora_alpha must be positive, got {args.elora_alpha}")
+    if not 0.0 < args.elora_alpha < math.inf:
+        raise UserInputError(f"--elora_alpha must be a finite positive number, got {args.elora_alpha}")
     return AdapterSettings(
         method=method,
         mmea_rank=_resolve_mmea_rank(args.mmea_rank, environ),
@@ -802,6 +835,31 @@ def resolve_adapter_settings(
         elora_rank=args.elora_rank,
         elora_alpha=float(args.elora_alpha),
     )
+
+
+# --------------------------------------------------------------------------------------
+# The settings that define a run (checked on --restart_latest)
+# --------------------------------------------------------------------------------------
+
+# Flags that do not change the trajectory up to a checkpoint: how long the run goes on and
+# how often it evaluates, where outputs go, and on what hardware. The SWA start is the
+# checkpoint's (the patience jump may have moved it), so --start_swa is ignored on restart.
+RESTART_MAY_CHANGE = frozenset({
+    "max_num_epochs", "patience", "eval_interval", "start_swa",
+    "log_dir", "results_dir", "checkpoints_dir", "model_dir", "downloads_dir", "log_level",
+    "keep_checkpoints", "save_all_checkpoints", "save_cpu", "test_file", "test_dir",
+    "device", "num_workers", "pin_memory", "restart_latest", "trust_pickle", "config",
+    "wandb", "wandb_project", "wandb_entity", "wandb_name", "wandb_log_hypers",
+})
+
+
+def defining_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """Every flag but :data:`RESTART_MAY_CHANGE`, with the adapter flags as resolved from the
+    MMEA_* variables too: what a resumed run must share with its checkpoint (plain data)."""
+    flags = {flag: value for flag, value in vars(args).items() if flag not in RESTART_MAY_CHANGE}
+    adapter = dataclasses.asdict(resolve_adapter_settings(args))
+    adapter["adapter"] = adapter.pop("method")
+    return {**flags, **adapter}
 
 
 # --------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Training checkpoints in upstream's layout: checkpoints/NAME_run-SEED_epoch-N[_swa].pt.
 
 Each file holds everything needed to resume (model, optimiser, schedulers, EMA, epoch,
-best-loss bookkeeping) and is written atomically, so a run killed at any moment leaves
-only complete checkpoints. All of it is plain data (state dicts of tensors, numbers,
+best-loss bookkeeping, shuffling state) and the run's defining settings (``run_settings``,
+see :mod:`mace.tools.restart`). It is written atomically, so a run killed at any moment
+leaves only complete checkpoints. All of it is plain data (state dicts of tensors, numbers,
 strings, lists, tuples and dicts), so a checkpoint is read with ``weights_only=True``,
 allowing no globals beyond torch's own: a file that names any code is refused, never run.
 """
@@ -21,12 +22,16 @@ _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # how torch's weights-only ref
 
 
 class CheckpointHandler:
-    """Saves, lists and loads the checkpoints of one run (identified by its tag)."""
+    """Saves, lists and loads the checkpoints of one run (identified by its tag); with
+    ``run_settings``, every checkpoint records them so that a restart can be checked."""
 
-    def __init__(self, directory: str, tag: str, keep: bool = False) -> None:
+    def __init__(
+        self, directory: str, tag: str, keep: bool = False, run_settings: Optional[Dict[str, Any]] = None
+    ) -> None:
         self.directory = Path(directory)
         self.tag = tag
         self.keep = keep
+        self.run_settings = run_settings
 
     def path(self, epoch: int, swa: bool) -> Path:
         return self.directory / f"{self.tag}_epoch-{epoch}{'_swa' if swa else ''}.pt"
@@ -34,7 +39,8 @@ class CheckpointHandler:
     def save(self, state: Dict[str, Any], epoch: int, swa: bool, protected: Tuple[Path, ...] = ()) -> Path:
         """Write a checkpoint; unless ``keep``, remove older ones except ``protected`` (the best)."""
         path = self.path(epoch, swa)
-        atomic_torch_save(state, path)
+        recorded = state if self.run_settings is None else {**state, "run_settings": self.run_settings}
+        atomic_torch_save(recorded, path)
         if not self.keep:
             for old_epoch, old_swa, old_path in self.list():
                 if old_path != path and old_path not in protected:

@@ -1,9 +1,11 @@
-"""Crash-safe file writing (outputs appear complete or not at all) and file hashes."""
+"""Crash-safe file writing (outputs appear complete or not at all), checks that output
+folders can be written, and file hashes."""
+import glob
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Iterable, List, Optional, Union
 
 import torch
 
@@ -12,12 +14,25 @@ from mace.tools.errors import UserInputError
 PathLike = Union[str, os.PathLike]
 
 
+_TEMPORARY_SUFFIX_CHARS = 8  # random characters between the target's name and ".tmp"
+
+
+def _new_temporary(path: Path) -> Path:
+    """A new empty file ``.NAME.XXXXXXXX.tmp`` next to ``path``, for writing it atomically.
+
+    Created with mode 0666 minus the umask (as ``open`` would), not tempfile's 0600, so the
+    renamed output gets the permissions the user's umask gives; O_EXCL never reuses a file.
+    """
+    candidate = path.parent / f".{path.name}.{secrets.token_hex(_TEMPORARY_SUFFIX_CHARS // 2)}.tmp"
+    os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    return candidate
+
+
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(temporary_path)`` in the target folder, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    temporary = str(_new_temporary(path))
     try:
         write(temporary)
         os.replace(temporary, path)
@@ -30,6 +45,36 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
 def atomic_torch_save(obj: object, path: PathLike) -> None:
     """torch.save that never leaves a truncated file behind (e.g. when killed mid-write)."""
     atomic_write(path, lambda temporary: torch.save(obj, temporary))
+
+
+def remove_stale_temporaries(targets: Iterable[Path]) -> List[Path]:
+    """Delete the temporaries :func:`atomic_write` left for ``targets`` when killed mid-write.
+
+    Only files named exactly like a temporary of one of ``targets`` are touched, so outputs
+    of other runs in the same folder are safe; call it while holding the run's lock.
+    """
+    stale: List[Path] = []
+    for target in targets:
+        pattern = f".{glob.escape(target.name)}.{'?' * _TEMPORARY_SUFFIX_CHARS}.tmp"
+        stale.extend(sorted(target.parent.glob(pattern)))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def unwritable_folder_reason(folder: Path) -> Optional[str]:
+    """Why files cannot be written in ``folder`` (None when they can), checked without
+    creating anything: an existing folder must be writable, a missing one creatable."""
+    if folder.exists():
+        if not folder.is_dir():
+            return f"'{folder}' exists and is not a folder"
+        return None if os.access(folder, os.W_OK | os.X_OK) else f"folder '{folder}' is not writable"
+    ancestor = next(parent for parent in folder.absolute().parents if parent.exists())
+    if not ancestor.is_dir():
+        return f"'{folder}' cannot be created: '{ancestor}' is not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"'{folder}' cannot be created: folder '{ancestor}' is not writable"
+    return None
 
 
 def file_sha256(path: PathLike) -> str:

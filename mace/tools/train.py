@@ -17,6 +17,7 @@ import torch
 from torch_ema import ExponentialMovingAverage
 
 from mace.data import batch_to_device
+from mace.data.loader import restore_shuffle_state, shuffle_state
 from mace.modules.loss import needs_stress, needs_virials
 from mace.tools.checkpoint import CheckpointHandler
 from mace.tools.metrics import ErrorAccumulator, evaluation_summary
@@ -228,6 +229,7 @@ class Trainer:
             "patience_counter": self.progress.patience_counter,
             "last_valid_loss": self.progress.last_valid_loss,
             "swa_start_epoch": None if self.swa is None else self.swa.start_epoch,
+            "shuffle_generator": shuffle_state(self.train_loader),
         }
 
     def restore(self, state: Dict[str, Any]) -> None:
@@ -239,6 +241,7 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         if self.swa is not None and state.get("swa_start_epoch") is not None:
             self.swa.start_epoch = state["swa_start_epoch"]
+        restore_shuffle_state(self.train_loader, state.get("shuffle_generator"))
         self.progress = Progress(
             epoch=state["epoch"] + 1,
             best=dict(state["best"]),

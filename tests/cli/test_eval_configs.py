@@ -36,3 +36,28 @@ def test_missing_configs_file_is_one_clear_error(shared_dir: Path, tmp_path: Pat
     assert exit_info.value.code == 1
     assert "absent.xyz" in capsys.readouterr().err
     assert not output.exists()
+
+
+@pytest.mark.parametrize("batch_size", ["0", "-5"])
+def test_batch_size_must_be_positive(tmp_path: Path, capsys, batch_size: str) -> None:
+    output = tmp_path / "out.xyz"
+    with pytest.raises(SystemExit) as exit_info:
+        eval_configs.main(["--configs", "any.xyz", "--model", "any.model", "--output", str(output),
+                           "--batch_size", batch_size])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == f"ERROR: --batch_size must be a positive integer, got {batch_size}\n"
+    assert not output.exists()
+
+
+def test_a_non_finite_prediction_is_an_error_naming_the_configuration(shared_dir: Path, tmp_path: Path, capsys) -> None:
+    model, configs = conformance_pair(shared_dir)
+    frames = ase.io.read(configs, index=":3")
+    frames[2].positions[1] = frames[2].positions[0]  # two atoms on one spot: a zero-length edge
+    ase.io.write(tmp_path / "in.xyz", frames, format="extxyz")
+    output = tmp_path / "out.xyz"
+    with pytest.raises(SystemExit) as exit_info:
+        eval_configs.main(["--configs", str(tmp_path / "in.xyz"), "--model", str(model), "--output", str(output)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: The model predicts a non-finite energy or forces") and "configuration 2" in err
+    assert err.count("\n") == 1 and not output.exists()

@@ -1,7 +1,9 @@
 """End-to-end tests of ``python -m mace.cli.run_train`` on 10 rMD17 aspirin configurations.
 
-Runs happen in-process through ``run_train.main`` (cwd = a temporary folder), except the
-restart test, which must SIGKILL a real process. Models are tiny (8 channels): the whole
+Runs happen in-process through ``run_train.main`` (cwd = a temporary folder), except those
+of the restart tests: one must SIGKILL a real process, and both compare bitwise with an
+uninterrupted run, which only runs in fresh processes are sure to give (TorchScript plans
+that earlier tests optimised in this process compute differently in the last bits). Models are tiny (8 channels): the whole
 file needs about 30 s of CPU time.
 """
 import json
@@ -10,7 +12,10 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -266,16 +271,26 @@ def test_missing_energy_key_is_a_clear_error(aspirin, tmp_path, capsys) -> None:
     assert "has no 'DFT_energy' energy" in (tmp_path / "logs" / "nokey_run-123.log").read_text()
 
 
-def test_nan_energy_stops_the_run_with_a_clear_error(aspirin, tmp_path, capsys) -> None:
+@pytest.mark.parametrize("flag", ["--train_file", "--test_file"])
+def test_a_nan_energy_is_refused_when_read_naming_file_frame_and_key(aspirin, tmp_path, capsys, flag) -> None:
     frames = [frame.copy() for frame in aspirin]
     frames[2].info["REF_energy"] = float("nan")
     write_frames(tmp_path / "nan.xyz", frames)
-    assert run_main(tmp_path, TINY_FLAGS + ["--name=nan", "--train_file=nan.xyz", "--max_num_epochs=2"]) == 1
+    write_frames(tmp_path / "tiny.xyz", aspirin)
+    files = {"--train_file": "tiny.xyz", flag: "nan.xyz"}
+    argv = TINY_FLAGS + ["--name=nan", "--max_num_epochs=2"] + [f"{key}={value}" for key, value in files.items()]
+    assert run_main(tmp_path, argv) == 1
     message = capsys.readouterr().err
-    assert re.search(r"ERROR: Epoch 0: the (training|validation) loss became nan", message)
-    assert "Traceback" not in message
-    assert not (tmp_path / "nan.model").exists()
-    assert "became nan" in (tmp_path / "logs" / "nan_run-123.log").read_text()
+    assert message.startswith("ERROR: nan.xyz frame 2: energy 'REF_energy' holds NaN or inf") and "Traceback" not in message
+    assert_no_training_outputs(tmp_path, "nan")
+
+
+def test_outputs_get_the_permissions_of_the_umask(main_run: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    outputs = [main_run / "tiny.model", main_run / "tiny_swa.model",
+               main_run / "results" / "tiny_run-123_valid_indices.txt", *(main_run / "checkpoints").iterdir()]
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in outputs} == {path.name: 0o666 & ~umask for path in outputs}
 
 
 def test_runs_with_the_same_seed_are_identical(aspirin, tmp_path) -> None:
@@ -337,15 +352,126 @@ def test_seed_quick_validation_command_runs(shared_dir, aspirin, tmp_path) -> No
     assert [row[0] for row in rows[1:]] == ["train", "valid", "test"]
 
 
-def test_sigkill_then_restart_latest_continues_and_finishes(aspirin, tmp_path) -> None:
+def training_records(folder: Path, tag: str) -> List[dict]:
+    """The result lines without their wall times: what must not change when a run is resumed."""
+    return [{key: value for key, value in record.items() if key != "time"} for record in read_results(folder, tag)]
+
+
+def tensors(tree: object) -> List[torch.Tensor]:
+    """Every tensor in a nested state (dicts, lists), in an order fixed by its keys."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for key in sorted(tree, key=str) for t in tensors(tree[key])]
+    if isinstance(tree, (list, tuple)):
+        return [t for item in tree for t in tensors(item)]
+    return []
+
+
+def assert_bitwise_equal(first: object, second: object) -> None:
+    mine, theirs = tensors(first), tensors(second)
+    assert len(mine) == len(theirs) and all(torch.equal(a, b) for a, b in zip(mine, theirs))
+
+
+def start_process(cwd: Path, argv: Sequence[str]) -> subprocess.Popen:
+    """run_train in a fresh one-thread process, output discarded."""
+    return subprocess.Popen([sys.executable, "-m", "mace.cli.run_train", *argv], cwd=cwd,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run_process(cwd: Path, argv: Sequence[str]) -> int:
+    return start_process(cwd, argv).wait()
+
+
+EXACT_FLAGS = TINY_FLAGS + [
+    "--name=exact", "--train_file=tiny.xyz", "--batch_size=2", "--max_num_epochs=4", "--ema", "--swa",
+    "--start_swa=3", "--keep_checkpoints",
+]
+
+
+def test_a_restart_after_a_kill_ends_bitwise_as_the_uninterrupted_run(aspirin, tmp_path) -> None:
+    """Killed during epoch 3 with a damaged newest checkpoint: the restart falls back to epoch 1
+    and, 2 frames per batch so that the shuffling order matters, ends exactly as the whole run."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    write_frames(whole / "tiny.xyz", aspirin)
+    assert run_process(whole, EXACT_FLAGS) == 0
+    shutil.copytree(whole, killed)
+    (killed / "checkpoints" / "exact_run-123_epoch-3_swa.pt").unlink()
+    damaged = killed / "checkpoints" / "exact_run-123_epoch-2.pt"
+    damaged.write_bytes(damaged.read_bytes()[:-1000])
+    for name in ("exact.model", "exact_swa.model"):
+        (killed / name).rename(killed / f".{name}.ab12cd34.tmp")  # a final write cut short
+    assert run_process(killed, EXACT_FLAGS + ["--restart_latest", "--patience=1000"]) == 0
+    log = (killed / "logs" / "exact_run-123.log").read_text()
+    assert re.search(rf"WARNING: Checkpoint '{damaged.relative_to(killed)}' could not be loaded: .*falling back", log)
+    assert "Resuming after epoch 1 from checkpoints/exact_run-123_epoch-1.pt" in log
+    assert training_records(killed, "exact_run-123") == training_records(whole, "exact_run-123")
+    last = "checkpoints/exact_run-123_epoch-3_swa.pt"  # weights, EMA, optimiser, shuffling state
+    assert_bitwise_equal(*(torch.load(folder / last, weights_only=True) for folder in (whole, killed)))
+    for name in ("exact.model", "exact_swa.model"):
+        assert_bitwise_equal(*(load_model(folder / name).state_dict() for folder in (whole, killed)))
+    assert temporaries(killed) == []
+
+
+def test_a_restart_with_other_settings_is_refused_naming_them(aspirin, tmp_path, capsys) -> None:
     write_frames(tmp_path / "tiny.xyz", aspirin)
+    argv = TINY_FLAGS + ["--name=changed", "--train_file=tiny.xyz", "--max_num_epochs=1"]
+    assert run_main(tmp_path, argv) == 0
+    outputs = lambda: {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and path.suffix != ".log"}
+    before = outputs()
+    capsys.readouterr()
+    assert run_main(tmp_path, argv + ["--restart_latest", "--max_num_epochs=3", "--lr=0.02", "--num_channels=16"]) == 1
+    message = capsys.readouterr().err
+    assert message.startswith("ERROR: --restart_latest: checkpoint 'checkpoints/changed_run-123_epoch-0.pt' was written with other settings")
+    assert "--lr=0.01 (now 0.02)" in message and "--num_channels=8 (now 16)" in message and message.count("\n") == 1
+    assert "max_num_epochs" not in message
+    assert outputs() == before
+
+
+def test_a_second_run_with_the_same_name_is_refused_naming_the_holder(aspirin, tmp_path, capsys) -> None:
+    write_frames(tmp_path / "tiny.xyz", aspirin)
+    lock = tmp_path / "logs" / "busy_run-123.lock"
+    lock.parent.mkdir()
+    lock.write_text(f"{os.getppid()} {socket.gethostname()}\n")  # a live process holds it
+    assert run_main(tmp_path, TINY_FLAGS + ["--name=busy", "--train_file=tiny.xyz", "--max_num_epochs=1"]) == 1
+    message = capsys.readouterr().err
+    assert message == (f"ERROR: Another run (PID {os.getppid()} on {socket.gethostname()}) is writing these outputs: "
+                       f"lock file 'logs/busy_run-123.lock' exists. Wait for it to end, choose another --name or "
+                       f"--seed, or delete 'logs/busy_run-123.lock' if no such run is going on\n")
+    assert sorted(path.name for path in tmp_path.rglob("*") if path.is_file()) == ["busy_run-123.lock", "tiny.xyz"]
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_reading_data(tmp_path, capsys) -> None:
+    (tmp_path / "taken").write_text("not a folder")
+    argv = TINY_FLAGS + ["--name=clash", "--train_file=absent.xyz", "--model_dir=taken"]
+    assert run_main(tmp_path, argv) == 1
+    assert capsys.readouterr().err == "ERROR: --model_dir: 'taken' exists and is not a folder\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["taken"]
+
+
+def test_a_failed_rerun_keeps_the_previous_valid_indices(aspirin, tmp_path, capsys) -> None:
+    write_frames(tmp_path / "tiny.xyz", aspirin)
+    previous = tmp_path / "results" / "again_run-123_valid_indices.txt"
+    previous.parent.mkdir()
+    previous.write_text("the earlier run's split\n")
+    argv = TINY_FLAGS + ["--name=again", "--train_file=tiny.xyz", "--atomic_numbers=[1, 6]"]
+    assert run_main(tmp_path, argv) == 1
+    assert "--atomic_numbers lacks elements present in the data: [8]" in capsys.readouterr().err
+    assert previous.read_text() == "the earlier run's split\n"
+
+
+def test_sigkill_then_restart_latest_finishes_as_the_uninterrupted_run(aspirin, tmp_path) -> None:
+    """A real kill -9 at a random point after the first checkpoint; the stale lock it leaves is taken over."""
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    for folder in (killed, whole):
+        write_frames(folder / "tiny.xyz", aspirin)
     argv = TINY_FLAGS + [
         "--name=resume", "--train_file=tiny.xyz", "--max_num_epochs=5", "--ema", "--swa", "--start_swa=3",
+        "--batch_size=2",
     ]
-    checkpoints = tmp_path / "checkpoints"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-m", "mace.cli.run_train", *argv], cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = killed / "checkpoints"
+    process = start_process(killed, argv)
     try:
         deadline = time.monotonic() + 240
         while not list(checkpoints.glob("resume_run-123_epoch-*.pt")):
@@ -356,16 +482,16 @@ def test_sigkill_then_restart_latest_continues_and_finishes(aspirin, tmp_path) -
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert process.returncode == -signal.SIGKILL
-    assert not (tmp_path / "resume.model").exists()
+    assert not (killed / "resume.model").exists()
+    assert (killed / "logs" / "resume_run-123.lock").is_file()
     killed_at = max(int(re.search(r"epoch-(\d+)", p.name).group(1)) for p in checkpoints.glob("*.pt"))
-    lines_before = len(read_results(tmp_path, "resume_run-123"))
 
-    assert run_main(tmp_path, argv + ["--restart_latest"]) == 0
-    log = (tmp_path / "logs" / "resume_run-123.log").read_text()
+    assert run_process(killed, argv + ["--restart_latest"]) == 0
+    assert run_process(whole, argv) == 0
+    log = (killed / "logs" / "resume_run-123.log").read_text()
+    assert "WARNING: Took over lock file logs/resume_run-123.lock" in log
     assert f"Resuming after epoch {killed_at} from checkpoints/resume_run-123_epoch-{killed_at}.pt" in log
-    resumed = read_results(tmp_path, "resume_run-123")[lines_before:]
-    assert resumed and all(record["epoch"] > killed_at for record in resumed)
-    assert [r["epoch"] for r in resumed if r["mode"] == "eval"] == list(range(killed_at + 1, 5))
-    assert (tmp_path / "resume.model").is_file() and (tmp_path / "resume_swa.model").is_file()
+    assert training_records(killed, "resume_run-123") == training_records(whole, "resume_run-123")
+    assert (killed / "resume.model").is_file() and (killed / "resume_swa.model").is_file()
     assert log.rstrip().endswith("INFO: Done")
-    assert temporaries(tmp_path) == []
+    assert temporaries(killed) == [] and not list(killed.rglob("*.lock"))

@@ -1,4 +1,5 @@
 """Reading labelled structures, clear user errors, splits and reference energies."""
+import ase.io
 import numpy as np
 import pytest
 from ase import Atoms
@@ -126,6 +127,29 @@ def test_frame_without_energy_names_frame_and_key(tmp_path):
     assert "config_type" in message and "other" in message
     _, configs = load_from_xyz(path, require_energy=False)
     assert configs[1].energy is None and configs[1].energy_weight == 0.0
+
+
+@pytest.mark.parametrize("key, bad", [
+    ("REF_energy", float("nan")),
+    ("REF_forces", np.array([[0.1, 0, 0], [0, np.inf, 0], [0, 0, 0]])),
+    ("REF_stress", np.array([1.0, 1, 1, 0, 0, np.nan])),
+    ("REF_virials", np.full(9, -np.inf)),
+])
+def test_non_finite_label_names_file_frame_and_key(tmp_path, key, bad):
+    frames = []
+    for index in range(3):
+        atoms = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [0, 0.96, 0]])
+        atoms.info.update(REF_energy=-10.0, REF_stress=np.zeros(6), REF_virials=np.zeros(9))
+        atoms.arrays["REF_forces"] = np.zeros((3, 3))
+        frames.append(atoms)
+    (frames[2].info if key != "REF_forces" else frames[2].arrays)[key] = bad
+    path = str(tmp_path / "labels.xyz")
+    ase.io.write(path, frames, format="extxyz")
+    keys = dict(energy_key="REF_energy", forces_key="REF_forces", stress_key="REF_stress", virials_key="REF_virials")
+    with pytest.raises(UserInputError, match=rf"labels\.xyz frame 2: \w+ '{key}' holds NaN or inf"):
+        load_from_xyz(path, **keys)
+    with pytest.raises(UserInputError, match=f"frame 2: .*'{key}'"):  # test files too
+        load_from_xyz(path, require_energy=False, **keys)
 
 
 def test_unknown_chemical_symbol_in_file(tmp_path):

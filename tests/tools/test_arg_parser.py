@@ -311,6 +311,46 @@ def test_rejections_exit_2_naming_the_flag(capsys, extra, flag):
     assert err.count("error:") == 1
 
 
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--lr=inf"], "--lr must be a finite positive number, got inf"),
+        (["--swa_lr=nan"], "--swa_lr must be a finite positive number, got nan"),
+        (["--forces_weight=nan"], "--forces_weight must be a finite non-negative number, got nan"),
+        (["--swa_energy_weight=-1"], "--swa_energy_weight must be a finite non-negative number"),
+        (["--energy_weight=inf"], "--energy_weight must be a finite non-negative number, got inf"),
+        (["--weight_decay=-1e-5"], "--weight_decay must be a finite non-negative number"),
+        (["--r_max=0.01"], "--r_max must be at least 0.5 (Angstrom): no chemical bond is shorter, got 0.01"),
+        (["--r_max=inf"], "--r_max must be at least 0.5"),
+        (["--seed=-1"], "--seed must be between 0 and 2**32 - 1"),
+        (["--seed=4294967296"], "--seed must be between 0 and 2**32 - 1"),
+        (["--clip_grad=inf"], "--clip_grad must be a finite positive number, got inf"),
+        (["--lr_factor=1"], "--lr_factor must be strictly between 0 and 1"),
+        (["--lr_scheduler_gamma=0"], "--lr_scheduler_gamma must be a finite positive number"),
+        (["--scheduler_patience=-1"], "--scheduler_patience must be a finite non-negative number"),
+        (["--huber_delta=nan"], "--huber_delta must be a finite positive number"),
+        (["--ema_decay=nan"], "--ema_decay must be strictly between 0 and 1"),
+        (["--avg_num_neighbors=0"], "--avg_num_neighbors must be a finite positive number"),
+        (["--mean=nan"], "--mean must be a finite number, got nan"),
+        (["--std=-inf"], "--std must be a finite positive number"),
+        (["--adapter_lr_factor=inf"], "--adapter_lr_factor must be a finite positive number"),
+        (["--E0s={1: 1e999}"], "--E0s: the dict literal holds an energy that is NaN or inf"),
+        (["--config_type_weights={'Default': -1}"], "--config_type_weights: weights must be finite and non-negative"),
+        (["--config_type_weights={'Default': 1e999}"], "--config_type_weights: weights must be finite"),
+    ],
+)
+def test_non_finite_and_out_of_range_numbers_are_refused(capsys, extra, expected):
+    err = _rejection(capsys, MINIMAL + extra)
+    assert expected in err and err.count("error:") == 1
+
+
+def test_the_edges_of_the_numeric_ranges_are_accepted():
+    args = _parse(["--r_max=0.5", "--seed=0", "--forces_weight=0", "--weight_decay=0", "--mean=-3.5",
+                   "--scheduler_patience=0", "--start_swa=0", "--swa"])
+    assert (args.r_max, args.seed, args.forces_weight) == (0.5, 0, 0.0)
+    assert _parse(["--seed=4294967295"]).seed == 2**32 - 1
+
+
 def test_interaction_first_att_block_is_not_a_choice(capsys):
     extra = ["--interaction_first", "RealAgnosticAttResidualInteractionBlock"]
     err = _rejection(capsys, MINIMAL + extra)
@@ -499,6 +539,9 @@ def test_reference_3bpa_environment():
         ({}, ["--mmea_init", "normal", "--mmea_std", "0"], "--mmea_init"),
         ({}, ["--elora_rank", "0"], "--elora_rank"),
         ({}, ["--elora_alpha", "0"], "--elora_alpha"),
+        ({}, ["--elora_alpha", "inf"], "--elora_alpha must be a finite positive number, got inf"),
+        ({}, ["--mmea_std", "inf"], "--mmea_std must be a finite non-negative number, got inf"),
+        ({"MMEA_STD": "inf"}, [], "MMEA_STD must be a finite non-negative number"),
     ],
 )
 def test_bad_adapter_values_name_their_source(capsys, environ, extra, name):

@@ -41,6 +41,7 @@ from mace.tools.checkpoint import CheckpointHandler
 from mace.tools.errors import UserInputError
 from mace.tools.metrics import TABLE_COLUMNS, ErrorAccumulator, error_table, evaluation_summary
 from mace.tools.optim import build_optimizer, parameter_groups
+from mace.tools.reporting import evaluate_sets
 from mace.tools.statistics import resolve_e0s
 from mace.tools.train import SWASettings, Trainer, TrainingDivergedError, evaluate, output_request_for
 
@@ -594,3 +595,39 @@ def test_restore_continues_after_the_checkpointed_epoch(tmp_path, tiny_template,
         assert torch.equal(mine, theirs)
     second.run()
     assert [line["epoch"] for line in eval_lines(second)] == [0, 1, 2]
+
+
+def test_a_restored_run_shuffles_and_ends_bitwise_as_the_uninterrupted_one(tmp_path, tiny_template) -> None:
+    """Three batches per epoch: the restored shuffling state decides which frames train together."""
+    rng = np.random.default_rng(11)
+    configs = [water(rng) for _ in range(8)]
+
+    def trainer_in(folder: Path) -> Trainer:
+        args = parse_args(MODEL_FLAGS + [
+            f"--checkpoints_dir={folder / 'checkpoints'}", f"--results_dir={folder / 'results'}",
+            "--ema", "--max_num_epochs=3", "--keep_checkpoints",
+        ])
+        datasets = Datasets(train=configs[:6], valid=configs[6:])
+        return build_trainer(args, copy.deepcopy(tiny_template), datasets, RunPaths.from_args(args), torch.device("cpu"))
+
+    whole = trainer_in(tmp_path / "whole")
+    whole.run()
+    resumed = trainer_in(tmp_path / "resumed")
+    resumed.restore(CheckpointHandler.load(whole.checkpoints.path(0, swa=False), torch.device("cpu")))
+    resumed.run()
+    final = CheckpointHandler.load(whole.checkpoints.latest(), torch.device("cpu"))
+    assert final["shuffle_generator"].dtype == torch.uint8
+    assert torch.equal(resumed.train_loader.generator.get_state(), final["shuffle_generator"])
+    for key, value in resumed.model.state_dict().items():
+        assert torch.equal(value, whole.model.state_dict()[key]), key
+    assert [line["loss"] for line in eval_lines(resumed)] == [line["loss"] for line in eval_lines(whole)[1:]]
+
+
+def test_a_non_finite_prediction_in_an_error_table_names_the_set_and_configuration(tiny_model, water_configs) -> None:
+    overlapping = copy.deepcopy(water_configs[0])
+    overlapping.positions[1] = overlapping.positions[0]  # a zero-length edge
+    sets = [("train", water_configs[:2]), ("test", [water_configs[1], overlapping])]
+    loss = EnergyForcesLoss(energy_weight=1.0, forces_weight=1.0)
+    request = output_request_for(loss, "PerAtomRMSE")
+    with pytest.raises(UserInputError, match=r"Error table of the test set: .*non-finite.*configuration 1"):
+        evaluate_sets(tiny_model, sets, loss, 2, torch.device("cpu"), request)
