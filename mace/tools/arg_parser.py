@@ -27,8 +27,7 @@ import logging
 import math
 import os
 import warnings
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -152,9 +151,10 @@ def parse_e0s(text: Optional[str]) -> Union[None, str, Dict[int, float]]:
     """Isolated-atom energies: ``None``, a keyword of :data:`E0_KEYWORDS`, a dict literal, or a JSON file of one."""
     if text is None:
         return None
+    keyword = parse_e0s_keyword(text)
+    if keyword is not None:
+        return keyword
     stripped = text.strip()
-    if stripped.lower() in E0_KEYWORDS:
-        return stripped.lower()
     if stripped.startswith("{"):
         raw = _literal(stripped, "--E0s")
         if not isinstance(raw, dict):
@@ -857,7 +857,7 @@ def defining_settings(args: argparse.Namespace) -> Dict[str, Any]:
     """Every flag but :data:`RESTART_MAY_CHANGE`, with the adapter flags as resolved from the
     MMEA_* variables too: what a resumed run must share with its checkpoint (plain data)."""
     flags = {flag: value for flag, value in vars(args).items() if flag not in RESTART_MAY_CHANGE}
-    adapter = dataclasses.asdict(resolve_adapter_settings(args))
+    adapter = asdict(resolve_adapter_settings(args))
     adapter["adapter"] = adapter.pop("method")
     return {**flags, **adapter}
 
