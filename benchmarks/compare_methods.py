@@ -12,10 +12,15 @@ what trains. The benchmark measures what a user chooses a method by: test errors
 number of trained parameters, time per epoch and peak memory. It writes ``RESULTS.md``
 and ``val_force_mae.png`` into ``--out`` and prints the table.
 
-Test errors are computed here, by :func:`mace.tools.predict.predict` on the test
-configurations, rather than read from the training logs: the same code then scores the
-fine-tuned models and the untouched foundation (the zero-shot rows), and the number of
-test configurations can be capped on slow machines.
+Test errors are computed here, by :func:`mace.modules.predict.predict` on the test
+configurations and run_train's own error formulas (:func:`mace.training.metrics.mae_rmse`),
+rather than read from the training results: the same code then scores the fine-tuned
+models and the untouched foundation (the zero-shot rows), and the number of test
+configurations can be capped on slow machines. The trainable-parameter count is the one
+run_train writes into its results file (the ``parameters`` record).
+
+The run_train flags come from :mod:`benchmarks.protocols`, which holds the seed's command
+and the anchors' variant of it as data.
 
 Protocol ``cpu100`` runs the measured anchors' exact command (``../shared/docs/anchors.md``)
 for several seeds, two one-thread runs side by side, and sets the mean over seeds beside
@@ -25,7 +30,6 @@ It writes ``RESULTS.md`` and ``results.json`` (every per-run number) into ``--ou
 import argparse
 import json
 import os
-import re
 import resource
 import shlex
 import shutil
@@ -48,15 +52,32 @@ from mace.data.configuration import Configuration, load_from_xyz
 from mace.modules.blocks import NonLinearReadoutBlock
 from mace.modules.loading import load_model
 from mace.modules.models import MACE
-from mace.tools.finetuning import foundation_architecture
-from mace.tools.predict import predict
+from mace.adapters.prepare import foundation_architecture
+from mace.modules.predict import predict
+from mace.training.metrics import mae_rmse
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Same lookup order as repro_data/fetch.py: fetched copy, $MMEA_MIRROR, ../shared mirror.
-MIRROR_ENV = "MMEA_MIRROR"
-DATA_ROOTS = (REPO_ROOT / "repro_data", REPO_ROOT.parent / "shared" / "repro_data")
-DEFAULT_FOUNDATION = "foundation_model/MACE-rMD17x9_c64.model"
-DEFAULT_TRAIN_FILE = "dataset/dataset_rmd17/revised_aspirin/train.xyz"
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # run as a script: only benchmarks/ is on the path
+from benchmarks.protocols import (  # noqa: E402
+    ANCHOR_COMMAND,
+    ARCHITECTURE_FLAGS,
+    SEED_COMMAND,
+    TRAINING_FLAGS,
+    command_flags,
+    value_of,
+)
+from repro_data.fetch import DEFAULT_DEST, mirror_roots  # noqa: E402
+
+
+def _below_repro_data(path: str) -> str:
+    """A file name of the reference commands (``repro_data/...``) relative to a data root."""
+    return str(Path(path).relative_to("repro_data"))
+
+
+# Defaults: the anchors' foundation, the seed's training data.
+DEFAULT_FOUNDATION = _below_repro_data(value_of(ANCHOR_COMMAND, "foundation_model"))
+DEFAULT_TRAIN_FILE = _below_repro_data(value_of(SEED_COMMAND, "train_file"))
 
 METHODS = ("mmea", "elora", "none", "scratch")
 METHOD_LABELS = {
@@ -66,45 +87,19 @@ METHOD_LABELS = {
     "scratch": "from scratch",
 }
 
-# The optimiser and loss settings of the published MMEA runs (repro_data/run.md), shared
-# by every method so that only the choice of trained parameters differs between runs.
-SHARED_TRAINING_FLAGS = (
-    "--loss=ef",
-    "--lr=0.005",
-    "--forces_weight=1000",
-    "--energy_weight=1",
-    "--weight_decay=1e-8",
-    "--clip_grad=100",
-    "--batch_size=5",
-    "--valid_batch_size=5",
-    "--scheduler_patience=5",
-    "--ema",
-    "--ema_decay=0.995",
-    "--default_dtype=float64",
-    "--E0s=average",
-    "--error_table=TotalMAE",
-    "--save_cpu",
-)
+# The loss, optimiser and EMA settings of the seed's command (also the published MMEA runs',
+# repro_data/run.md), shared by every method so that only the choice of trained parameters
+# differs between runs.
+SHARED_TRAINING_FLAGS = tuple(command_flags(SEED_COMMAND, TRAINING_FLAGS))
 
-TRAINABLE_PATTERNS = (
-    re.compile(r"Fine-tuning with adapter '\w+': ([\d,]+) trainable of"),
-    re.compile(r"Model: ([\d,]+) trainable parameters"),
-)
 LOG_TAIL_LINES = 40
 MISSING = "-"
 
 
-# The architecture flags of the seed's aspirin command, which are the shared foundation's
-# (64 channels, L=1, 2 interactions, correlation 3, r_max 5): protocol cpu100 passes them to
+# The architecture flags of the anchors' command, which are the shared foundation's (64
+# channels, L=1, 2 interactions, correlation 3, r_max 5): protocol cpu100 passes them to
 # every run, fine-tuning ones included, exactly as the anchors were measured.
-SEED_ARCHITECTURE_FLAGS = (
-    "--model=MACE",
-    "--num_interactions=2",
-    "--num_channels=64",
-    "--max_L=1",
-    "--correlation=3",
-    "--r_max=5.0",
-)
+SEED_ARCHITECTURE_FLAGS = tuple(command_flags(ANCHOR_COMMAND, ARCHITECTURE_FLAGS))
 
 
 @dataclass(frozen=True)
@@ -144,9 +139,15 @@ PROTOCOLS: Dict[str, Protocol] = {
     protocol.name: protocol
     for protocol in (
         Protocol(name="cpu", epochs=4, start_swa=None, eval_interval=1, max_test=100, device="cpu"),
-        Protocol(name="paper", epochs=500, start_swa=400, eval_interval=2, max_test=None, device="cuda"),
         Protocol(
-            name="cpu100", epochs=100, start_swa=80, eval_interval=None, max_test=None, device="cpu",
+            name="paper", epochs=int(value_of(SEED_COMMAND, "max_num_epochs")),
+            start_swa=int(value_of(SEED_COMMAND, "start_swa")), eval_interval=2, max_test=None,
+            device=value_of(SEED_COMMAND, "device"),
+        ),
+        Protocol(
+            name="cpu100", epochs=int(value_of(ANCHOR_COMMAND, "max_num_epochs")),
+            start_swa=int(value_of(ANCHOR_COMMAND, "start_swa")), eval_interval=None, max_test=None,
+            device=value_of(ANCHOR_COMMAND, "device"),
             architecture_flags=SEED_ARCHITECTURE_FLAGS, run_name_format="rmd17-{dataset}",
             threads_per_run=1, jobs=2, anchored=True,
         ),
@@ -351,12 +352,8 @@ class MethodSummary:
 
 
 def data_roots() -> List[Path]:
-    """Folders laid out like repro_data/, in the order repro_data/fetch.py prefers them."""
-    roots = [DATA_ROOTS[0]]
-    if os.environ.get(MIRROR_ENV):
-        roots.append(Path(os.environ[MIRROR_ENV]))
-    roots.append(DATA_ROOTS[1])
-    return roots
+    """Folders laid out like repro_data/: the fetched copy, then the mirrors repro_data/fetch.py takes."""
+    return [DEFAULT_DEST, *mirror_roots()]
 
 
 def default_data_path(relative: str) -> Path:
@@ -365,7 +362,7 @@ def default_data_path(relative: str) -> Path:
         candidate = root / relative
         if candidate.is_file():
             return candidate
-    return DATA_ROOTS[0] / relative
+    return DEFAULT_DEST / relative
 
 
 def dataset_name(train_file: Path) -> str:
@@ -510,14 +507,32 @@ def reusable_record(files: RunFiles, protocol: Protocol) -> Optional[RunRecord]:
 # --------------------------------------------------------------------------------------
 
 
+def results_lines(files: RunFiles) -> List[str]:
+    """The lines of a run's results file; none where the run wrote none (it failed early)."""
+    return files.results.read_text(encoding="utf-8").splitlines() if files.results.is_file() else []
+
+
+def result_records(lines: Sequence[str]) -> List[Dict[str, object]]:
+    """The JSON records of a results file's lines (mace/training/reporting.py lists them).
+
+    A line that does not decode, as the last one of a run killed while writing it, is left
+    out: a failed run's report row still gets what the file holds.
+    """
+    records = []
+    for line in lines:
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
 def read_training_curves(lines: Sequence[str]) -> TrainingCurves:
     """Epoch times ('opt' lines) and validation force MAE in meV/A ('eval' lines with mae_f)."""
     epoch_times: List[float] = []
     valid_force_mae: List[Tuple[int, float]] = []
-    for line in lines:
-        if not line.strip():
-            continue
-        record = json.loads(line)
+    for record in result_records(lines):
         if record.get("mode") == "opt":
             epoch_times.append(float(record["time"]))
         elif record.get("mode") == "eval" and "mae_f" in record:
@@ -525,13 +540,11 @@ def read_training_curves(lines: Sequence[str]) -> TrainingCurves:
     return TrainingCurves(epoch_times, valid_force_mae)
 
 
-def parse_trainable_parameters(log_text: str) -> Optional[int]:
-    """The trainable-parameter count run_train logs (fine-tuning or from-scratch wording)."""
-    for pattern in TRAINABLE_PATTERNS:
-        match = pattern.search(log_text)
-        if match:
-            return int(match.group(1).replace(",", ""))
-    return None
+def read_trainable_parameters(lines: Sequence[str]) -> Optional[int]:
+    """The trainable count of the run's ``parameters`` record (the last, should a restarted run
+    have written two); None for runs from before run_train wrote the record."""
+    counts = [int(record["trainable"]) for record in result_records(lines) if record.get("mode") == "parameters"]
+    return counts[-1] if counts else None
 
 
 def seconds_per_epoch(epoch_times: Sequence[float]) -> Optional[float]:
@@ -565,7 +578,7 @@ def error_metrics(
     reference_forces: np.ndarray,
     remove_mean_offset: bool = False,
 ) -> ErrorMetrics:
-    """MAE and RMSE of total energies (meV) and force components (meV/A).
+    """MAE and RMSE of total energies (meV) and force components (meV/A), with run_train's formulas.
 
     ``remove_mean_offset`` subtracts the mean energy error first: a foundation model's own
     E0s differ from the data's reference by a constant per composition, which fitting E0s
@@ -577,12 +590,7 @@ def error_metrics(
     if remove_mean_offset:
         energy_errors = energy_errors - energy_errors.mean()
     force_errors = 1e3 * (np.asarray(predicted_forces) - np.asarray(reference_forces)).reshape(-1)
-    return ErrorMetrics(
-        mae_e=float(np.mean(np.abs(energy_errors))),
-        rmse_e=float(np.sqrt(np.mean(energy_errors**2))),
-        mae_f=float(np.mean(np.abs(force_errors))),
-        rmse_f=float(np.sqrt(np.mean(force_errors**2))),
-    )
+    return ErrorMetrics(**mae_rmse("e", energy_errors), **mae_rmse("f", force_errors))
 
 
 def load_test_configurations(settings: BenchmarkSettings) -> List[Configuration]:
@@ -932,7 +940,7 @@ def results_markdown(
         markdown_table(rows),
         "",
         "How to read it:",
-        "- Test errors are computed by the benchmark itself (`mace.tools.predict`) on the model "
+        "- Test errors are computed by the benchmark itself (`mace.modules.predict`) on the model "
         "each run saved: " + ", ".join(f"{label}: `{path.name}`" for label, path in evaluated.items()) + ".",
         "- Zero-shot rows: the foundation model as published, with its own E0s; the second row "
         "removes the mean energy error, the constant that `--E0s=average` removes in every "
@@ -1000,7 +1008,7 @@ def anchored_markdown(
         "method's reference code run with the same command, seed 123, one thread), not ours.",
         f"- Faithful bound: the anchor's E and F times {FAITHFUL_TOLERANCE}; 'pass' when our mean is "
         "at or under it. Faithful also asks for the same trainable count as the anchor.",
-        "- Test errors are recomputed by the benchmark (`mace.tools.predict`) on the test "
+        "- Test errors are recomputed by the benchmark (`mace.modules.predict`) on the test "
         "configurations above, for the model a user keeps: `NAME_swa.model` when stage two "
         "ran. Main stage best scores `NAME.model`, the best main-stage checkpoint; 'F change "
         "in stage two' is (final − main) / main. In the reference codes the two are within 2%.",
@@ -1110,13 +1118,13 @@ def method_row(
 ) -> Tuple[ResultRow, TrainingCurves, Path]:
     """Test errors and costs of one finished run, its validation curve and the scored model."""
     files = settings.run_files(Run(method, settings.seed))
-    curves = read_training_curves(files.results.read_text(encoding="utf-8").splitlines())
-    log_text = files.log.read_text(encoding="utf-8")
+    lines = results_lines(files)
+    curves = read_training_curves(lines)
     model_path = final_model_path(files.work_dir, files.name)
     row = ResultRow(
         label=METHOD_LABELS[method],
         errors=model_test_errors(model_path, configs, settings),
-        trainable=parse_trainable_parameters(log_text),
+        trainable=read_trainable_parameters(lines),
         seconds_per_epoch=seconds_per_epoch(curves.epoch_times),
         peak_memory_mb=record.peak_rss_mb,
     )
@@ -1126,9 +1134,8 @@ def method_row(
 def score_run(run: Run, record: RunRecord, settings: BenchmarkSettings, configs: Sequence[Configuration]) -> RunScore:
     """The numbers of one run: its costs, and the test errors of its final and main-stage models."""
     files = settings.run_files(run)
-    trainable = parse_trainable_parameters(files.log.read_text(encoding="utf-8")) if files.log.is_file() else None
     costs = dict(method=run.method, seed=run.seed, returncode=record.returncode, wall_s=record.wall_s,
-                 peak_rss_mb=record.peak_rss_mb, trainable=trainable)
+                 peak_rss_mb=record.peak_rss_mb, trainable=read_trainable_parameters(results_lines(files)))
     if record.returncode != 0:
         return RunScore(**costs, final_model=None, final=None, main_best=None)
     final_path = final_model_path(files.work_dir, files.name)
@@ -1217,10 +1224,10 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
                         help="Test extxyz; default: test.xyz next to the training file.")
     parser.add_argument("--dataset", default=None,
                         help="Name used for runs and the default --out; default: from the training file's folder.")
-    parser.add_argument("--valid_fraction", type=float, default=0.5)
-    parser.add_argument("--energy_key", default="REF_energy")
-    parser.add_argument("--forces_key", default="REF_forces")
-    parser.add_argument("--seeds", "--seed", dest="seeds", type=int, nargs="+", default=[123],
+    parser.add_argument("--valid_fraction", type=float, default=float(value_of(SEED_COMMAND, "valid_fraction")))
+    parser.add_argument("--energy_key", default=value_of(SEED_COMMAND, "energy_key"))
+    parser.add_argument("--forces_key", default=value_of(SEED_COMMAND, "forces_key"))
+    parser.add_argument("--seeds", "--seed", dest="seeds", type=int, nargs="+", default=[int(value_of(SEED_COMMAND, "seed"))],
                         help="Seeds of the split and of the runs; several only with --protocol cpu100, "
                         "which reports their mean and spread.")
     parser.add_argument("--jobs", type=int, default=None,

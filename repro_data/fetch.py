@@ -14,8 +14,9 @@ Where the files come from, per group (data sets, foundation models):
 
 1. A local mirror, i.e. a folder laid out like ``repro_data/`` with ``dataset/`` and/or
    ``foundation_model/`` inside.  Looked up in this order: ``--mirror DIR``, the environment
-   variable ``MMEA_MIRROR``, then ``<repo>/../shared/repro_data``.  Files are copied
-   (default) or symbolically linked (``--link``).
+   variable ``MMEA_MIRROR``, then ``repro_data`` of the shared folder (``$MMEA_SHARED``,
+   default ``<repo>/../shared``; see :func:`shared_folder`).  Files are copied (default)
+   or symbolically linked (``--link``).
 2. Otherwise the public sources, with urllib: the rMD17 archive of figshare record 12672038
    (converted here to extended XYZ with the split used by the MMEA reference files), the
    BOTNet-datasets GitHub repository (3BPA, AcAc) and the ACEsuit mace-off GitHub
@@ -45,7 +46,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEST = REPO_ROOT / "repro_data"
-DEFAULT_MIRROR = REPO_ROOT.parent / "shared" / "repro_data"
+SHARED_ENV = "MMEA_SHARED"
 MIRROR_ENV = "MMEA_MIRROR"
 # Set to 1 to forbid any network access (the downloader then fails at once).
 OFFLINE_ENV = "MMEA_FETCH_OFFLINE"
@@ -62,6 +63,35 @@ KNOWN_SHA256: Dict[str, str] = {
 }
 
 SHARED_FOUNDATION = "MACE-rMD17x9_c64.model"
+
+# ---------------------------------------------------------------------------------------
+# Where the shared folder and the mirrors are (the benchmark and the tests ask here too)
+# ---------------------------------------------------------------------------------------
+def shared_folder() -> Path:
+    """The project's read-only shared folder (data mirror, reference models, documents).
+
+    ``$MMEA_SHARED`` when set; otherwise ``shared`` inside the checkout where a copy of the
+    repository carries one, else ``shared`` beside the repository.  The folder may be
+    absent: callers check, and tests skip.
+    """
+    chosen = os.environ.get(SHARED_ENV)
+    if chosen:
+        return Path(chosen).expanduser()
+    inside = REPO_ROOT / "shared"
+    return inside if inside.is_dir() else REPO_ROOT.parent / "shared"
+
+
+def default_mirror() -> Path:
+    """The mirror taken when neither ``--mirror`` nor ``$MMEA_MIRROR`` names one."""
+    return shared_folder() / "repro_data"
+
+
+def mirror_roots() -> List[Path]:
+    """Folders laid out like repro_data/ that may hold the files, most preferred first:
+    ``$MMEA_MIRROR`` when set, then :func:`default_mirror`."""
+    chosen = os.environ.get(MIRROR_ENV)
+    return ([Path(chosen).expanduser()] if chosen else []) + [default_mirror()]
+
 
 # ---------------------------------------------------------------------------------------
 # Public sources
@@ -485,7 +515,7 @@ def resolve_mirror(cli_mirror: Optional[str], use_mirror: bool = True) -> Option
     if not use_mirror:
         return None
     chosen = cli_mirror or os.environ.get(MIRROR_ENV) or None
-    path = Path(chosen).expanduser() if chosen else DEFAULT_MIRROR
+    path = Path(chosen).expanduser() if chosen else default_mirror()
     if path.is_dir():
         return path.resolve()
     if chosen:
@@ -568,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the repository's repro_data/)")
     parser.add_argument("--mirror", default=None,
                         help="local mirror folder laid out like repro_data/ "
-                             f"(default: ${MIRROR_ENV} or {DEFAULT_MIRROR})")
+                             f"(default: ${MIRROR_ENV}, else the shared folder's: {default_mirror()})")
     parser.add_argument("--no-mirror", action="store_true",
                         help="ignore any mirror and download from the public sources")
     parser.add_argument("--link", action="store_true",

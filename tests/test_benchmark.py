@@ -4,6 +4,7 @@ Training is far too slow for the test suite, so these feed synthetic run outputs
 functions that read them, build the commands, compute the errors and write the report.
 """
 import json
+import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -13,8 +14,11 @@ import numpy as np
 import pytest
 
 import benchmarks.compare_methods as compare_methods
+from benchmarks import protocols
 from benchmarks.compare_methods import (
     CPU100_ANCHORS,
+    DEFAULT_FOUNDATION,
+    DEFAULT_TRAIN_FILE,
     METHODS,
     PROTOCOLS,
     REPO_ROOT,
@@ -32,7 +36,9 @@ from benchmarks.compare_methods import (
     better_target_line,
     bound_mark,
     child_environment,
+    data_roots,
     dataset_name,
+    default_data_path,
     error_metrics,
     faithful_bound,
     final_model_path,
@@ -42,12 +48,13 @@ from benchmarks.compare_methods import (
     markdown_table,
     model_test_errors,
     parse_arguments,
-    parse_trainable_parameters,
     plot_validation_curves,
+    read_trainable_parameters,
     read_training_curves,
     resolve_settings,
     results_markdown,
     run_training,
+    score_run,
     seconds_per_epoch,
     split_reusable,
     spread,
@@ -55,16 +62,14 @@ from benchmarks.compare_methods import (
     swa_start_for,
     training_command,
 )
+from benchmarks.protocols import ANCHOR_COMMAND, SEED_COMMAND, command_flags
+from mace.training.metrics import mae_rmse
+from tests.shared import documented_anchor_flags, documented_seed_command
 
-# The cpu100 command of ../shared/docs/anchors.md, as written there (seed 123).
-ANCHOR_COMMAND = (
-    "--E0s=average --model=MACE --loss=ef --num_interactions=2 --num_channels=64 --max_L=1 "
-    "--correlation=3 --r_max=5.0 --lr=0.005 --forces_weight=1000 --energy_weight=1 "
-    "--weight_decay=1e-8 --clip_grad=100 --batch_size=5 --valid_batch_size=5 "
-    "--max_num_epochs=100 --scheduler_patience=5 --ema --ema_decay=0.995 --swa --start_swa=80 "
-    "--error_table=TotalMAE --default_dtype=float64 --device=cpu --seed=123 --save_cpu "
-    "--energy_key=REF_energy --forces_key=REF_forces"
-)
+# The flags of the anchors' cpu100 command that are the same in every run of the benchmark
+# (seed 123); it names the run and its files itself.
+RUN_FILE_FLAGS = ("name", "train_file", "test_file", "foundation_model")
+ANCHOR_FLAGS = command_flags(ANCHOR_COMMAND, [name for name in ANCHOR_COMMAND if name not in RUN_FILE_FLAGS])
 
 
 def _settings(
@@ -116,17 +121,47 @@ def test_training_curves_keep_epoch_times_and_validation_force_mae_in_mev():
     assert seconds_per_epoch([]) is None
 
 
-@pytest.mark.parametrize(
-    "line, expected",
-    [
-        ("2026 INFO: Fine-tuning with adapter 'mmea': 151,354 trainable of 4,845,926 parameters (3.1%)", 151354),
-        ("2026 INFO: Fine-tuning with adapter 'none': 219,984 trainable of 219,984 parameters (100.0%)", 219984),
-        ("2026 INFO: Model: 212,208 trainable parameters", 212208),
-        ("2026 INFO: nothing about parameters here", None),
-    ],
-)
-def test_trainable_parameter_count_is_read_from_either_log_wording(line, expected):
-    assert parse_trainable_parameters(f"first line\n{line}\nlast line\n") == expected
+def _results_file(path: Path, *records: dict) -> Path:
+    """A results file as run_train writes it: one JSON record per line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+PARAMETERS = {"mode": "parameters", "adapter": "mmea", "trainable": 72378, "total": 4845926}
+OPT = {"mode": "opt", "epoch": 0, "loss": 3.0, "time": 12.5}
+FINAL = {"mode": "final", "stage": "swa", "model": "rmd17-aspirin_swa.model", "set": "test",
+         "mae_e": 0.0219, "rmse_e": 0.028, "mae_f": 0.0413, "rmse_f": 0.055}
+
+
+def test_trainable_parameter_count_comes_from_the_parameters_record(tmp_path):
+    lines = _results_file(tmp_path / "with.txt", PARAMETERS, OPT, FINAL).read_text().splitlines()
+    assert read_trainable_parameters(lines) == 72378
+    assert read_trainable_parameters(["", *lines, ""]) == 72378
+    restarted = [*lines, json.dumps({**PARAMETERS, "trainable": 72379})]
+    assert read_trainable_parameters(restarted) == 72379  # the run that saved the models
+
+
+def test_trainable_parameter_count_is_unknown_without_a_parameters_record(tmp_path):
+    """Runs from before run_train wrote the record: no count, and no reading of the log instead."""
+    lines = _results_file(tmp_path / "without.txt", OPT, FINAL).read_text().splitlines()
+    assert read_trainable_parameters(lines) is None
+    assert read_trainable_parameters([]) is None
+    assert read_trainable_parameters([json.dumps(PARAMETERS)[:30]]) is None  # cut off while written
+
+
+def test_scored_runs_take_the_trainable_count_from_their_results_file(tmp_path):
+    settings = _settings(tmp_path, PROTOCOLS["cpu100"], seeds=(123, 124), methods=("mmea",))
+    new, old = settings.run_files(Run("mmea", 123)), settings.run_files(Run("mmea", 124))
+    _results_file(new.results, PARAMETERS, OPT)
+    _results_file(old.results, OPT)
+    for files in (new, old):  # the log says a count too: it is not read
+        files.log.parent.mkdir(parents=True)
+        files.log.write_text("INFO: Fine-tuning with adapter 'mmea': 99,999 trainable of 4,845,926 parameters\n")
+    failed = RunRecord("mmea", 1, 30.0, 900.0)  # no models to score, but the count is kept
+    assert score_run(Run("mmea", 123), failed, settings, []).trainable == 72378
+    assert score_run(Run("mmea", 124), failed, settings, []).trainable is None
+    assert score_run(Run("mmea", 125), failed, settings, []).trainable is None  # no results file at all
 
 
 def test_error_metrics_in_mev_with_and_without_the_mean_energy_offset():
@@ -144,6 +179,20 @@ def test_error_metrics_in_mev_with_and_without_the_mean_energy_offset():
     assert centred.mae_e == pytest.approx(2.0 / 3.0)
     assert centred.rmse_e == pytest.approx(np.sqrt(2.0 / 3.0))
     assert (centred.mae_f, centred.rmse_f) == (raw.mae_f, raw.rmse_f)
+
+
+def test_error_metrics_equal_hand_computed_values_and_run_trains_formulas():
+    reference_e = np.array([-100.0, -200.0])
+    predicted_e = reference_e + np.array([0.003, -0.001])  # errors 3 and -1 meV
+    reference_f = np.array([[0.5, -0.5, 0.0], [1.0, 0.0, 2.0]])
+    predicted_f = reference_f + np.array([[0.001, -0.002, 0.002], [0.0, 0.004, 0.0]])  # 1, -2, 2, 0, 4, 0 meV/A
+    errors = error_metrics(predicted_e, reference_e, predicted_f, reference_f)
+    assert errors.mae_e == pytest.approx(2.0)
+    assert errors.rmse_e == pytest.approx(np.sqrt((9.0 + 1.0) / 2))
+    assert errors.mae_f == pytest.approx(9.0 / 6)
+    assert errors.rmse_f == pytest.approx(np.sqrt((1.0 + 4.0 + 4.0 + 16.0) / 6))
+    in_ev = {**mae_rmse("e", predicted_e - reference_e), **mae_rmse("f", predicted_f - reference_f)}
+    assert asdict(errors) == pytest.approx({key: 1e3 * value for key, value in in_ev.items()})
 
 
 def test_markdown_table_has_one_row_per_result_and_dashes_for_missing_values():
@@ -234,18 +283,19 @@ def test_cpu100_commands_are_exactly_the_anchors_command_plus_the_run_files(tmp_
     run_files = [
         "--name=rmd17-aspirin",
         f"--train_file={settings.train_file.resolve()}",
-        "--valid_fraction=0.5",
         f"--test_file={settings.test_file.resolve()}",
     ]
+    assert "--valid_fraction=0.5" in ANCHOR_FLAGS and "--seed=123" in ANCHOR_FLAGS
     for method in ("mmea", "elora", "none"):
         command = training_command(method, 123, settings, ["--ignored_scratch_flag"])
         assert command[:3] == [sys.executable, "-m", "mace.cli.run_train"]
-        expected = ANCHOR_COMMAND.split() + run_files + [
+        expected = ANCHOR_FLAGS + run_files + [
             f"--foundation_model={settings.foundation.resolve()}", f"--adapter={method}"
         ]
         assert sorted(command[3:]) == sorted(expected)  # same flags, none twice, nothing else
     scratch = training_command("scratch", 124, settings, ["--ignored_scratch_flag"])
-    assert sorted(scratch[3:]) == sorted(ANCHOR_COMMAND.replace("--seed=123", "--seed=124").split() + run_files)
+    seed_124 = [flag.replace("--seed=123", "--seed=124") for flag in ANCHOR_FLAGS]
+    assert sorted(scratch[3:]) == sorted(seed_124 + run_files)
     assert not any(flag.startswith(("--foundation_model", "--adapter", "--eval_interval")) for flag in scratch)
 
 
@@ -405,3 +455,56 @@ def test_test_errors_are_kept_beside_the_model_until_it_changes(tmp_path, monkey
     model_test_errors(model, configs, settings)
     model_test_errors(model, configs[:2], settings)
     assert len(predictions) == 3
+
+
+# --------------------------------------------------------------------------------------
+# The seed command as data (benchmarks/protocols.py) and where the data are
+# --------------------------------------------------------------------------------------
+
+
+def test_the_seed_commands_flag_groups_hold_each_flag_once():
+    groups = (protocols.FILE_FLAGS, protocols.ARCHITECTURE_FLAGS, protocols.TRAINING_FLAGS, protocols.RUN_FLAGS)
+    names = [name for group in groups for name in group]
+    assert sorted(names) == sorted(SEED_COMMAND) and len(set(names)) == len(names)
+    assert list(ANCHOR_COMMAND) == list(SEED_COMMAND)
+    changed = {name for name in SEED_COMMAND if ANCHOR_COMMAND[name] != SEED_COMMAND[name]}
+    assert changed == {"num_channels", "max_num_epochs", "start_swa", "device", "foundation_model"}
+    assert (DEFAULT_FOUNDATION, DEFAULT_TRAIN_FILE) == (
+        "foundation_model/MACE-rMD17x9_c64.model", "dataset/dataset_rmd17/revised_aspirin/train.xyz")
+
+
+def test_the_seed_command_and_the_anchors_command_are_the_documented_ones():
+    """The seed README's 'Quick Validation' command and anchors.md's cpu100 command, as written."""
+    assert command_flags(SEED_COMMAND) == documented_seed_command()
+    documented_order = [name for name in ANCHOR_COMMAND if name not in RUN_FILE_FLAGS + ("valid_fraction",)]
+    assert documented_anchor_flags() == command_flags(ANCHOR_COMMAND, documented_order)
+
+
+def test_changing_the_seed_command_keeps_its_order_and_refuses_unknown_flags(capsys):
+    flags = protocols.seed_command(max_num_epochs="5", device="cpu")
+    assert list(flags) == list(SEED_COMMAND) and (flags["max_num_epochs"], flags["device"]) == ("5", "cpu")
+    assert command_flags(flags, ["ema", "ema_decay"]) == ["--ema", "--ema_decay=0.995"]
+    with pytest.raises(KeyError, match="no flag max_epochs"):
+        protocols.seed_command(max_epochs="5")
+    with pytest.raises(KeyError, match="switch"):
+        protocols.value_of(SEED_COMMAND, "swa")
+    # What scripts/quick_validation.sh runs: the printed flags, quoted for the shell.
+    assert protocols.main(["max_num_epochs=5", "foundation_model=my model.model"]) == 0
+    printed = shlex.split(capsys.readouterr().out)
+    assert printed == command_flags(protocols.seed_command(max_num_epochs="5", foundation_model="my model.model"))
+    with pytest.raises(SystemExit):
+        protocols.main(["max_epochs=5"])
+
+
+def test_data_files_are_looked_up_where_repro_data_fetch_looks(tmp_path, monkeypatch):
+    shared, mirror = tmp_path / "shared", tmp_path / "mirror"
+    monkeypatch.setenv("MMEA_SHARED", str(shared))
+    monkeypatch.delenv("MMEA_MIRROR", raising=False)
+    assert data_roots() == [REPO_ROOT / "repro_data", shared / "repro_data"]
+    monkeypatch.setenv("MMEA_MIRROR", str(mirror))
+    assert data_roots() == [REPO_ROOT / "repro_data", mirror, shared / "repro_data"]
+    relative = "foundation_model/only-in-a-test-mirror.model"
+    assert default_data_path(relative) == REPO_ROOT / "repro_data" / relative  # nowhere yet
+    (shared / "repro_data" / relative).parent.mkdir(parents=True)
+    (shared / "repro_data" / relative).write_bytes(b"")
+    assert default_data_path(relative) == shared / "repro_data" / relative

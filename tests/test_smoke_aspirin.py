@@ -1,9 +1,10 @@
 """Smoke test of the product as a user meets it: the seed's rMD17-aspirin fine-tuning command.
 
 Runs ``python -m mace.cli.run_train`` with the shared foundation model for a couple of
-epochs on a few aspirin configurations (the seed's flags otherwise), then checks the MMEA
-banner, the output files, and that the fine-tuned model's test force MAE is finite and
-below the foundation's zero-shot force MAE on the same test configurations.
+epochs on a few aspirin configurations (the seed's flags otherwise, as
+``benchmarks/protocols.py`` holds them), then checks the MMEA banner, the output files, and
+that the fine-tuned model's test force MAE is finite and below the foundation's zero-shot
+force MAE on the same test configurations.
 """
 import re
 import subprocess
@@ -14,26 +15,17 @@ import ase.io
 import numpy as np
 import torch
 
+from benchmarks.protocols import SEED_COMMAND, SHARED_FOUNDATION, command_flags, seed_command
 from mace.data import config_from_atoms
 from mace.modules import load_model
-from mace.tools.predict import predict
-
-FOUNDATION = "repro_data/foundation_model/MACE-rMD17x9_c64.model"
-ASPIRIN = "repro_data/dataset/dataset_rmd17/revised_aspirin"
+from mace.modules.predict import predict
 
 
-def seed_command(train: Path, test: Path, foundation: Path) -> list:
-    return [
-        sys.executable, "-m", "mace.cli.run_train",
-        "--name=rmd17-Aspirin", f"--train_file={train}", "--valid_fraction=0.5", f"--test_file={test}",
-        "--E0s=average", "--model=MACE", "--loss=ef", "--num_interactions=2", "--num_channels=128",
-        "--max_L=1", "--correlation=3", "--r_max=5.0", "--lr=0.005", "--forces_weight=1000",
-        "--energy_weight=1", "--weight_decay=1e-8", "--clip_grad=100", "--batch_size=5",
-        "--valid_batch_size=5", "--max_num_epochs=2", "--scheduler_patience=5", "--ema",
-        "--ema_decay=0.995", "--swa", "--start_swa=400", "--error_table=TotalMAE",
-        "--default_dtype=float64", "--device=cpu", "--seed=123", "--save_cpu",
-        "--energy_key=REF_energy", "--forces_key=REF_forces", f"--foundation_model={foundation}",
-    ]
+def smoke_command(train: Path, test: Path, foundation: Path) -> list:
+    """The seed command for two epochs on the CPU, with these files."""
+    flags = seed_command(train_file=str(train), test_file=str(test), foundation_model=str(foundation),
+                         max_num_epochs="2", device="cpu")
+    return [sys.executable, "-m", "mace.cli.run_train", *command_flags(flags)]
 
 
 def force_mae(model_path: Path, frames) -> float:
@@ -43,14 +35,14 @@ def force_mae(model_path: Path, frames) -> float:
 
 
 def test_seed_aspirin_finetuning_beats_zero_shot(shared_dir: Path, tmp_path: Path) -> None:
-    foundation = shared_dir / FOUNDATION
-    train_frames = ase.io.read(shared_dir / ASPIRIN / "train.xyz", index=":20")
-    test_frames = ase.io.read(shared_dir / ASPIRIN / "test.xyz", index=":10")
+    foundation = shared_dir / SHARED_FOUNDATION
+    train_frames = ase.io.read(shared_dir / SEED_COMMAND["train_file"], index=":20")
+    test_frames = ase.io.read(shared_dir / SEED_COMMAND["test_file"], index=":10")
     ase.io.write(tmp_path / "train.xyz", train_frames)
     ase.io.write(tmp_path / "test.xyz", test_frames)
 
     completed = subprocess.run(
-        seed_command(tmp_path / "train.xyz", tmp_path / "test.xyz", foundation),
+        smoke_command(tmp_path / "train.xyz", tmp_path / "test.xyz", foundation),
         cwd=tmp_path, capture_output=True, text=True, timeout=1200,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -1,50 +1,38 @@
 """Parameter-efficient fine-tuning of a frozen MACE foundation model: the one place for adapters.
 
-Methods: 'mmea' (magnitude-modulated equivariant adapters, the default), 'elora'
-(equivariant low-rank updates) and 'none' (full fine-tuning). :func:`inject_adapters`
-decides, once, which parameters train (``requires_grad``); training code only ever asks
-``p.requires_grad``.
+Methods (``registry.METHODS``): 'mmea' (magnitude-modulated equivariant adapters, the
+default), 'elora' (equivariant low-rank updates) and 'none' (full fine-tuning).
+:func:`inject_adapters` decides, once, which parameters train (``requires_grad``); training
+code only ever asks ``p.requires_grad``. ``prepare`` turns a foundation file into the model
+a run trains; ``io`` writes and reads adapter files.
 """
-from typing import Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
 from mace.adapters.config import ELoRAConfig, MMEAConfig
-from mace.adapters.elora import LowRankUpdate, inject_elora, make_radial_basis_trainable, merge_elora
-from mace.adapters.mmea import MMEALinear, inject_mmea, mmea_banner
+from mace.adapters.elora import LowRankUpdate, merge_elora
+from mace.adapters.mmea import MMEALinear, mmea_banner
+from mace.adapters.registry import METHODS, AdapterMethod, adapter_method
 from mace.modules.models import MACE
 
 AdapterConfig = Optional[Union[MMEAConfig, ELoRAConfig]]
-SETTINGS_CLASSES: Dict[str, Optional[Type]] = {"mmea": MMEAConfig, "elora": ELoRAConfig, "none": None}
 ADAPTER_MODULES = (MMEALinear, LowRankUpdate)
 
 
 def default_settings(method: str) -> AdapterConfig:
-    if method not in SETTINGS_CLASSES:
-        raise ValueError(f"unknown adapter method {method!r}; choose one of {', '.join(SETTINGS_CLASSES)}")
-    settings_class = SETTINGS_CLASSES[method]
+    settings_class = adapter_method(method).settings_class
     return None if settings_class is None else settings_class()
 
 
-def _train_everything(model: MACE) -> MACE:
-    """Full fine-tuning: every weight (and the Bessel frequencies) trains."""
-    make_radial_basis_trainable(model)
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    return model
-
-
-def inject_adapters(model: MACE, method: str, settings: AdapterConfig = None) -> MACE:
+def inject_adapters(model: MACE, method: str, settings: Any = None) -> MACE:
     """Prepare ``model`` (in place) for fine-tuning with ``method``; ``settings=None``: defaults."""
+    entry = adapter_method(method)
     settings = default_settings(method) if settings is None else settings
-    expected = SETTINGS_CLASSES[method]
+    expected = entry.settings_class
     if expected is not None and not isinstance(settings, expected):
         raise TypeError(f"adapter method {method!r} takes {expected.__name__}, not {type(settings).__name__}")
-    if method == "mmea":
-        return inject_mmea(model, settings)
-    if method == "elora":
-        return inject_elora(model, settings)
-    return _train_everything(model)
+    return entry.inject(model, settings)
 
 
 def train_readouts(model: MACE) -> MACE:
@@ -87,8 +75,11 @@ def trainable_parameter_table(model: torch.nn.Module) -> List[Tuple[str, int]]:
 
 
 __all__ = [
+    "METHODS",
+    "AdapterMethod",
     "ELoRAConfig",
     "MMEAConfig",
+    "adapter_method",
     "adapter_parameter_ids",
     "count_trainable",
     "default_settings",

@@ -1,20 +1,81 @@
-"""Hyper-parameters of the adapter methods, small dataclasses saved with every adapter file."""
-from dataclasses import dataclass
-from typing import Optional
+"""Hyper-parameters of the adapter methods: small frozen dataclasses, saved with every adapter file.
+
+Each field carries a :class:`Knob` in its metadata: the command-line flag that sets it, the
+reference code's environment variable (if any), its choices and its check. The command line
+builds its adapter flags from these, and :mod:`mace.adapters.settings` resolves flags and
+environment against them, so a setting's default, check and flag are written once, here.
+"""
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterator, Optional, Tuple
+
+DEFAULT_MMEA_NORMAL_STD = 0.001
+
+
+@dataclass(frozen=True)
+class Check:
+    """The values a setting accepts: ``holds`` (False for NaN, which fails every comparison)
+    and how a message words it."""
+
+    holds: Callable[[Any], bool]
+    words: str
+
+
+POSITIVE_INTEGER = Check(lambda value: value > 0, "a positive integer")
+FINITE_POSITIVE = Check(lambda value: 0.0 < value < math.inf, "a finite positive number")
+FINITE_NON_NEGATIVE = Check(lambda value: 0.0 <= value < math.inf, "a finite non-negative number")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """How a setting is given: ``--flag`` (whose value wins), else ``$env``, else the field default."""
+
+    flag: str
+    kind: Callable[[str], Any]
+    help: str
+    env: Optional[str] = None
+    choices: Optional[Tuple[str, ...]] = None
+    check: Optional[Check] = None
+
+
+def setting(default: Any, knob: Knob) -> Any:
+    """A dataclass field with its knob."""
+    return field(default=default, metadata={"knob": knob})
+
+
+def knobs(settings_class: type) -> Iterator[Tuple[str, Any, Knob]]:
+    """(field name, default, knob) of every setting of ``settings_class``."""
+    for item in fields(settings_class):
+        yield item.name, item.default, item.metadata["knob"]
+
+
+def check_settings(settings: Any) -> None:
+    """Every field against its knob's choices and check (ValueError naming the field)."""
+    for name, _, knob in knobs(type(settings)):
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if knob.choices is not None and value not in knob.choices:
+            raise ValueError(f"{type(settings).__name__}.{name} must be one of {', '.join(knob.choices)}, got {value!r}")
+        if knob.check is not None and not knob.check.holds(value):
+            raise ValueError(f"{type(settings).__name__}.{name} must be {knob.check.words}, got {value}")
+
+
+ELORA_RANK = Knob("elora_rank", int, "Rank of the ELoRA low-rank updates (also MMEA's updates of the "
+                  "tensor products, radial MLPs and symmetric contractions).", check=POSITIVE_INTEGER)
+ELORA_ALPHA = Knob("elora_alpha", float, "ELoRA scale numerator: updates carry alpha / rank.",
+                   check=FINITE_POSITIVE)
 
 
 @dataclass(frozen=True)
 class ELoRAConfig:
     """Per-path low-rank updates W + (alpha / rank) A B (ELoRA; reference defaults 16, 16)."""
 
-    rank: int = 16
-    alpha: float = 16.0
+    rank: int = setting(16, ELORA_RANK)
+    alpha: float = setting(16.0, ELORA_ALPHA)
 
     def __post_init__(self) -> None:
-        if self.rank <= 0:
-            raise ValueError(f"ELoRA rank must be positive, got {self.rank}")
-        if not self.alpha > 0.0:
-            raise ValueError(f"ELoRA alpha must be positive, got {self.alpha}")
+        check_settings(self)
 
     @property
     def scale(self) -> float:
@@ -29,30 +90,31 @@ class MMEAConfig:
     low-rank updates of tensor products, radial MLP and symmetric contraction, which keep
     ``lora_rank`` / ``lora_alpha`` (the reference's MMEA rank-32 count, 201,258, needs that).
     W_a (the additive scalar branch) starts at torch's Linear init when ``init`` and ``std``
-    are unset, at N(0, std) for ``init='normal'`` or a positive ``std``, and at zero for
-    ``init='zero'`` or ``std == 0`` (then the adapted model starts as the foundation).
-    ``phi``: gates exp(s) ('exp') or 1 + s ('res').
+    are unset, at N(0, std) for ``init='normal'`` (std 0.001 when unset) or a positive
+    ``std``, and at zero for ``init='zero'`` or ``std == 0`` (then the adapted model starts
+    as the foundation). ``phi``: gates exp(s) ('exp') or 1 + s ('res').
     """
 
-    rank: int = 16
-    std: Optional[float] = None
-    init: Optional[str] = None
-    phi: str = "exp"
-    lora_rank: int = 16
-    lora_alpha: float = 16.0
+    rank: int = setting(16, Knob("mmea_rank", int, "Width of the MMEA gate MLP.", env="MMEA_RANK",
+                                 check=POSITIVE_INTEGER))
+    std: Optional[float] = setting(None, Knob(
+        "mmea_std", float, "Std of a normal init of the scalar-branch weights W_a; unset: W_a keeps "
+        "torch's Linear init; 0 means zeros.", env="MMEA_STD", check=FINITE_NON_NEGATIVE))
+    init: Optional[str] = setting(None, Knob(
+        "mmea_init", str, "Init of the scalar-branch weights W_a: 'zero', or 'normal' with std "
+        f"--mmea_std ({DEFAULT_MMEA_NORMAL_STD} when unset); unset: decided by --mmea_std.",
+        choices=("zero", "normal")))
+    phi: str = setting("exp", Knob("mmea_phi", str, "Gate form: 'exp' scales a channel by exp(s), "
+                                   "'res' by 1+s.", env="MMEA_PHI", choices=("exp", "res")))
+    lora_rank: int = setting(16, ELORA_RANK)
+    lora_alpha: float = setting(16.0, ELORA_ALPHA)
 
     def __post_init__(self) -> None:
-        if self.rank <= 0:
-            raise ValueError(f"MMEA rank must be positive, got {self.rank}")
-        if self.phi not in ("exp", "res"):
-            raise ValueError(f"MMEA phi must be 'exp' or 'res', got {self.phi!r}")
-        if self.init not in (None, "zero", "normal"):
-            raise ValueError(f"MMEA init must be None, 'zero' or 'normal', got {self.init!r}")
-        if self.std is not None and not self.std >= 0.0:
-            raise ValueError(f"MMEA std must be non-negative, got {self.std}")
-        if self.init == "normal" and not (self.std or 0.0) > 0.0:
+        check_settings(self)
+        if self.init == "normal" and self.std is None:
+            object.__setattr__(self, "std", DEFAULT_MMEA_NORMAL_STD)
+        if self.init == "normal" and not self.std > 0.0:
             raise ValueError("MMEA init 'normal' needs a positive std")
-        ELoRAConfig(self.lora_rank, self.lora_alpha)
 
     @property
     def scalar_init(self) -> str:

@@ -31,7 +31,7 @@ from mace.adapters.config import ELoRAConfig
 from mace.modules.models import MACE
 from mace.modules.radial import BesselBasis
 from mace.modules.symmetric_contraction import Contraction
-from mace.tools.foundation import linear_weight_paths, tp_weight_paths
+from mace.adapters.foundation import linear_weight_paths, tp_weight_paths
 
 IRREPS_ATTRIBUTES = ("irreps_in", "irreps_in1", "irreps_in2", "irreps_out")
 

@@ -20,12 +20,12 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from mace.adapters import SETTINGS_CLASSES, AdapterConfig, inject_adapters, train_readouts
+from mace.adapters import METHODS, AdapterConfig, inject_adapters, train_readouts
 from mace.modules.loading import load_model
 from mace.modules.models import MACE
-from mace.tools.errors import UserInputError, one_line
-from mace.tools.files import atomic_torch_save, file_sha256
-from mace.tools.foundation import restrict_to_elements
+from mace.core.errors import UserInputError, one_line
+from mace.core.files import atomic_torch_save, file_sha256
+from mace.adapters.foundation import restrict_to_elements
 
 PathLike = Union[str, os.PathLike]
 FORMAT = "mace-adapter-1"
@@ -80,10 +80,15 @@ def _read_adapter(path: PathLike) -> Dict[str, Any]:
 
 
 def _settings(method: str, values: Optional[Dict[str, Any]]) -> AdapterConfig:
-    if method not in SETTINGS_CLASSES:
+    if method not in METHODS:
         raise UserInputError(f"Adapter method {method!r} is unknown to this version of mace")
-    settings_class = SETTINGS_CLASSES[method]
-    return None if settings_class is None or values is None else settings_class(**values)
+    settings_class = METHODS[method].settings_class
+    if settings_class is None or values is None:
+        return None
+    try:
+        return settings_class(**values)
+    except (TypeError, ValueError) as error:
+        raise UserInputError(f"Adapter settings {values!r} are not valid for method {method!r}: {error}") from None
 
 
 def _check_foundation(foundation_path: PathLike, expected: str, adapter_path: PathLike) -> None:

@@ -9,8 +9,8 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from mace.data import config_from_atoms
 from mace.modules.loading import load_model
-from mace.tools.predict import predict
-from mace.tools.torch_setup import dtype_from_name, select_device
+from mace.modules.predict import predict
+from mace.core.torch_setup import dtype_from_name, select_device
 
 
 class MACECalculator(Calculator):

@@ -11,7 +11,7 @@ from typing import List, Optional
 from mace.adapters import merge_elora
 from mace.adapters.io import load_adapted_model
 from mace.modules.loading import save_model
-from mace.tools.cli import add_trust_pickle_flag, run_cli
+from mace.cli.entry import add_trust_pickle_flag, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,11 +14,11 @@ import torch
 from mace.data import config_from_atoms
 from mace.data.configuration import read_frames
 from mace.modules.loading import load_model
-from mace.tools.cli import add_trust_pickle_flag, run_cli
-from mace.tools.errors import UserInputError
-from mace.tools.files import atomic_write
-from mace.tools.predict import predict
-from mace.tools.torch_setup import select_device, dtype_from_name
+from mace.cli.entry import add_trust_pickle_flag, run_cli
+from mace.core.errors import UserInputError
+from mace.core.files import atomic_write
+from mace.modules.predict import predict
+from mace.core.torch_setup import select_device, dtype_from_name
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,52 +7,54 @@ train -> save -> evaluate. Each step lives in the module it belongs to.
 """
 import argparse
 import copy
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import torch
 from torch_ema import ExponentialMovingAverage
 
-from mace.adapters import merge_elora
+from mace.adapters import METHODS, count_trainable
 from mace.adapters.io import save_adapter
-from mace.data import make_loader
-from mace.data.datasets import Datasets, dataset_elements, load_datasets, write_valid_indices
-from mace.modules.builder import build_model
-from mace.modules.loading import save_model
-from mace.modules.loss import build_loss, build_stage_two_loss
-from mace.modules.models import MACE
-from mace.tools.arg_parser import (
-    defining_settings,
-    parse_args,
-    parse_atomic_numbers,
-    parse_e0s,
-    parse_radial_mlp,
-    resolve_adapter_settings,
-)
-from mace.tools.atomic_numbers import AtomicNumberTable
-from mace.tools.checkpoint import CheckpointHandler
-from mace.tools.cli import run_cli
-from mace.tools.errors import UserInputError
-from mace.tools.files import remove_stale_temporaries, unwritable_folder_reason
-from mace.tools.finetuning import (
-    adapter_config,
+from mace.adapters.prepare import (
     apply_adapters,
     prepare_foundation,
     resolve_foundation_path,
     set_finetuning_e0s,
 )
-from mace.tools.logging_setup import setup_logging
-from mace.tools.optim import build_optimizer, build_scheduler, trainable_parameters
-from mace.tools.predict import model_graphs
-from mace.tools.reporting import evaluate_sets, log_error_table
-from mace.tools.restart import checkpoint_to_resume, resume
-from mace.tools.run_lock import RunLock
-from mace.tools.statistics import average_num_neighbors, resolve_e0s, scale_and_shift
-from mace.tools.torch_setup import dtype_from_name, select_device, set_seeds
-from mace.tools.train import LoopSettings, SWASettings, Trainer, TrainingDivergedError, output_request_for
+from mace.data import make_loader
+from mace.data.datasets import Datasets, DataSettings, dataset_elements, load_datasets, write_valid_indices
+from mace.data.statistics import average_num_neighbors, resolve_e0s, scale_and_shift
+from mace.modules.builder import ModelSettings, build_model
+from mace.modules.loading import save_model
+from mace.modules.loss import build_loss, build_stage_two_loss
+from mace.modules.models import MACE
+from mace.cli.arg_parser import (
+    defining_settings,
+    parse_args,
+    parse_atomic_numbers,
+    parse_config_type_weights,
+    parse_e0s,
+    parse_radial_mlp,
+)
+from mace.cli.entry import run_cli
+from mace.cli.logging_setup import setup_logging
+from mace.core.atomic_numbers import AtomicNumberTable
+from mace.core.errors import UserInputError
+from mace.core.files import remove_stale_temporaries, unwritable_folder_reason
+from mace.core.run_lock import RunLock
+from mace.core.torch_setup import dtype_from_name, select_device, set_seeds
+from mace.modules.predict import model_graphs
+from mace.training.checkpoint import CheckpointHandler
+from mace.training.optim import OptimizerSettings, build_optimizer, build_scheduler, trainable_parameters
+from mace.training.reporting import evaluate_sets, log_error_table, write_final_errors, write_parameter_counts
+from mace.training.restart import checkpoint_to_resume, resume
+from mace.training.train import LoopSettings, SWASettings, Trainer, TrainingDivergedError, output_request_for
+
+Settings = TypeVar("Settings")
 
 
 @dataclass
@@ -124,29 +126,60 @@ def explicit_flag_names(argv: Sequence[str]) -> List[str]:
     return [token[2:].split("=", 1)[0] for token in argv if token.startswith("--")]
 
 
-def build_run_model(args: argparse.Namespace, datasets: Datasets, argv: Sequence[str], device: torch.device) -> MACE:
-    """A model from hyperparameters, or the prepared foundation with its adapters."""
+def settings_from_flags(settings_class: Type[Settings], args: argparse.Namespace, **values: Any) -> Settings:
+    """A settings dataclass of a lower layer, each field from the flag of the same name
+    unless given in ``values`` (for flags that need parsing first)."""
+    names = [item.name for item in dataclasses.fields(settings_class) if item.name not in values]
+    return settings_class(**{name: getattr(args, name) for name in names}, **values)
+
+
+def data_settings(args: argparse.Namespace) -> DataSettings:
+    return settings_from_flags(DataSettings, args, config_type_weights=parse_config_type_weights(args.config_type_weights))
+
+
+def finetuning_model(args: argparse.Namespace, datasets: Datasets, argv: Sequence[str], device: torch.device) -> MACE:
+    """The foundation restricted to the data's elements, with its adapters and E0s."""
     atomic_numbers = dataset_elements(datasets, parse_atomic_numbers(args.atomic_numbers))
-    table = AtomicNumberTable(atomic_numbers)
-    e0_spec = parse_e0s(args.E0s)
-    if args.foundation_model:
-        path = resolve_foundation_path(args.foundation_model)
-        model = prepare_foundation(args, path, atomic_numbers, explicit_flag_names(argv), device)
-        model = apply_adapters(model, resolve_adapter_settings(args), readouts_trained=not args.foundation_model_readout)
-        set_finetuning_e0s(model, e0_spec, datasets.train, datasets.isolated_atom_e0s, table)
-        return model
-    e0s = resolve_e0s(e0_spec, datasets.train, datasets.isolated_atom_e0s, table)
+    given = {flag: getattr(args, flag) for flag in explicit_flag_names(argv) if hasattr(args, flag)}
+    model = prepare_foundation(
+        resolve_foundation_path(args.foundation_model, downloads_folder(args, argv)), atomic_numbers, device,
+        keep_readouts=args.foundation_model_readout, trust_pickle=args.trust_pickle, given_architecture=given,
+    )
+    model = apply_adapters(model, args.adapter_settings, readouts_trained=not args.foundation_model_readout)
+    set_finetuning_e0s(model, parse_e0s(args.E0s), datasets.train, datasets.isolated_atom_e0s, AtomicNumberTable(atomic_numbers))
+    return model
+
+
+def downloads_folder(args: argparse.Namespace, argv: Sequence[str]) -> Optional[Path]:
+    """--downloads_dir when typed (published foundation models are fetched there), else None: the cache."""
+    return Path(args.downloads_dir) if "downloads_dir" in explicit_flag_names(argv) else None
+
+
+def scratch_model(args: argparse.Namespace, datasets: Datasets, device: torch.device) -> MACE:
+    """A fresh model from the architecture flags and the training data's statistics."""
+    atomic_numbers = dataset_elements(datasets, parse_atomic_numbers(args.atomic_numbers))
+    e0s = resolve_e0s(parse_e0s(args.E0s), datasets.train, datasets.isolated_atom_e0s, AtomicNumberTable(atomic_numbers))
     avg_neighbors = average_num_neighbors(datasets.train, args.r_max) if args.compute_avg_num_neighbors else float(args.avg_num_neighbors)
     scale, shift = scale_and_shift(args.scaling, datasets.train, e0s)
     scale = scale if args.std is None else float(args.std)
     shift = shift if args.mean is None else float(args.mean)
     logging.info("Average number of neighbours %.3f, scale %.5f, shift %.5f", avg_neighbors, scale, shift)
-    model = build_model(args, atomic_numbers, e0s, avg_neighbors, parse_radial_mlp(args.radial_MLP), scale, shift)
+    settings = settings_from_flags(ModelSettings, args, radial_MLP=parse_radial_mlp(args.radial_MLP))
+    model = build_model(settings, atomic_numbers, e0s, avg_neighbors, scale, shift)
     logging.info("Model: %s trainable parameters", f"{sum(p.numel() for p in model.parameters()):,}")
     return model.to(device)
 
 
-def build_trainer(args: argparse.Namespace, model: MACE, datasets: Datasets, paths: RunPaths, device: torch.device) -> Trainer:
+def build_run_model(args: argparse.Namespace, datasets: Datasets, argv: Sequence[str], device: torch.device) -> MACE:
+    """A model from hyperparameters, or the prepared foundation with its adapters."""
+    if args.foundation_model:
+        return finetuning_model(args, datasets, argv, device)
+    return scratch_model(args, datasets, device)
+
+
+def build_trainer(
+    args: argparse.Namespace, model: MACE, datasets: Datasets, paths: RunPaths, device: torch.device, run_settings: Dict[str, Any]
+) -> Trainer:
     loss_fn = build_loss(args.loss, args.energy_weight, args.forces_weight, args.stress_weight, args.virials_weight, args.huber_delta)
     swa = None
     if args.swa:
@@ -155,20 +188,24 @@ def build_trainer(args: argparse.Namespace, model: MACE, datasets: Datasets, pat
             start_epoch=args.start_swa, loss_fn=swa_loss, lr=args.swa_lr,
             end_epoch=args.max_num_epochs, schedule=args.swa_lr_schedule,
         )
-    optimizer = build_optimizer(model, args)
+    optimizer_settings = settings_from_flags(OptimizerSettings, args)
+    optimizer = build_optimizer(model, optimizer_settings)
     ema = ExponentialMovingAverage(trainable_parameters(model.parameters()), decay=args.ema_decay) if args.ema else None
     return Trainer(
         model=model,
         loss_fn=loss_fn,
         optimizer=optimizer,
-        lr_scheduler=build_scheduler(optimizer, args),
+        lr_scheduler=build_scheduler(optimizer, optimizer_settings),
         ema=ema,
         swa=swa,
-        train_loader=make_loader(model_graphs(model, datasets.train), args.batch_size, shuffle=True, drop_last=len(datasets.train) > args.batch_size, seed=args.seed),
+        train_loader=make_loader(
+            model_graphs(model, datasets.train), args.batch_size, shuffle=True, drop_last=len(datasets.train) > args.batch_size,
+            seed=args.seed, num_workers=args.num_workers, pin_memory=args.pin_memory and device.type == "cuda",
+        ),
         valid_loader=make_loader(model_graphs(model, datasets.valid), args.valid_batch_size, shuffle=False),
         checkpoints=CheckpointHandler(
             str(paths.checkpoints), paths.tag, keep=args.keep_checkpoints or args.save_all_checkpoints,
-            run_settings=defining_settings(args),
+            run_settings=run_settings,
         ),
         results_path=paths.results,
         settings=LoopSettings(
@@ -177,6 +214,7 @@ def build_trainer(args: argparse.Namespace, model: MACE, datasets: Datasets, pat
             patience=args.patience,
             clip_grad=args.clip_grad,
             error_table=args.error_table,
+            compute_stress=args.compute_stress,
         ),
         device=device,
     )
@@ -201,20 +239,22 @@ def save_final_model(model: MACE, target: Path, args: argparse.Namespace) -> Non
     logging.info("Saved model to %s", target)
 
 
-def save_finetuning_outputs(model: MACE, args: argparse.Namespace, model_path: Path) -> None:
-    """Next to NAME.model: NAME_adapter.pt (only trained tensors) and, for ELoRA, NAME_merged.model."""
-    settings = resolve_adapter_settings(args)
+def save_finetuning_outputs(model: MACE, args: argparse.Namespace, argv: Sequence[str], model_path: Path) -> None:
+    """Next to NAME.model: NAME_adapter.pt (only trained tensors) and, where the method can
+    fold its adapter in (ELoRA), NAME_merged.model."""
+    settings = args.adapter_settings
     adapter_path = RunPaths.adapter_file(model_path)
-    foundation = resolve_foundation_path(args.foundation_model)
+    foundation = resolve_foundation_path(args.foundation_model, downloads_folder(args, argv))
     save_adapter(
-        model, adapter_path, settings.method, adapter_config(settings), foundation,
+        model, adapter_path, settings.method, settings.config, foundation,
         readouts_trained=not args.foundation_model_readout,
     )
     logging.info("Saved adapter file to %s", adapter_path)
-    if settings.method == "elora":
+    merge = METHODS[settings.method].merge
+    if merge is not None:
         merged_path = RunPaths.merged_file(model_path)
-        save_model(merge_elora(copy.deepcopy(model)).to("cpu"), merged_path)
-        logging.info("Saved merged ELoRA model to %s", merged_path)
+        save_model(merge(copy.deepcopy(model)).to("cpu"), merged_path)
+        logging.info("Saved merged %s model to %s", settings.method, merged_path)
 
 
 def remove_interrupted_writes(paths: RunPaths, checkpoints: CheckpointHandler) -> None:
@@ -226,17 +266,21 @@ def remove_interrupted_writes(paths: RunPaths, checkpoints: CheckpointHandler) -
     checkpoints.remove_stale_temporaries()
 
 
-def save_and_evaluate(args: argparse.Namespace, trainer: Trainer, datasets: Datasets, paths: RunPaths, device: torch.device) -> None:
-    """Save the best model of each stage (and its adapter files), then log its error table."""
-    request = output_request_for(trainer.loss_fn, args.error_table)
+def save_and_evaluate(
+    args: argparse.Namespace, argv: Sequence[str], trainer: Trainer, datasets: Datasets, paths: RunPaths, device: torch.device
+) -> None:
+    """Save the best model of each stage (and its adapter files), then log its error table
+    and write its errors to the results file."""
+    request = output_request_for(trainer.loss_fn, args.error_table, args.compute_stress)
     sets = [("train", datasets.train), ("valid", datasets.valid)] + list(datasets.tests)
     for stage, target in final_models(trainer, paths, device):
         save_final_model(trainer.model, target, args)
         trainer.model.to(device)
         if args.foundation_model:
-            save_finetuning_outputs(trainer.model, args, target)
+            save_finetuning_outputs(trainer.model, args, argv, target)
         rows = evaluate_sets(trainer.model, sets, trainer.stage_loss(0), args.valid_batch_size, device, request)
         log_error_table(f"{stage} model {target.name}", args.error_table, rows)
+        write_final_errors(paths.results, stage, target.name, rows)
 
 
 def train_and_save(args: argparse.Namespace, argv: Sequence[str], paths: RunPaths) -> int:
@@ -247,20 +291,23 @@ def train_and_save(args: argparse.Namespace, argv: Sequence[str], paths: RunPath
     set_seeds(args.seed)
     torch.set_default_dtype(dtype_from_name(args.default_dtype))
     device = select_device(args.device)
-    checkpoint = checkpoint_to_resume(checkpoints, defining_settings(args), device) if args.restart_latest else None
-    datasets = load_datasets(args)
+    run_settings = defining_settings(args)
+    checkpoint = checkpoint_to_resume(checkpoints, run_settings, device) if args.restart_latest else None
+    datasets = load_datasets(data_settings(args))
     model = build_run_model(args, datasets, argv, device)
-    trainer = build_trainer(args, model, datasets, paths, device)
+    trainer = build_trainer(args, model, datasets, paths, device, run_settings)
     if checkpoint is not None:
         resume(trainer, checkpoint)
     write_valid_indices(datasets, paths.valid_indices, args.train_file)
+    if checkpoint is None:  # a resumed run keeps the first line of the run it continues
+        write_parameter_counts(paths.results, args.adapter_settings.method, count_trainable(model), sum(p.numel() for p in model.parameters()))
     try:
         trainer.run()
     except TrainingDivergedError as error:
         logging.error(str(error))
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
-    save_and_evaluate(args, trainer, datasets, paths, device)
+    save_and_evaluate(args, argv, trainer, datasets, paths, device)
     logging.info("Done")
     return 0
 

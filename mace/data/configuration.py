@@ -1,7 +1,7 @@
 """Labelled structures read from extended XYZ files, train/valid splits and reference energies.
 
 Everything a user can get wrong here (missing file, malformed frame, missing label key,
-NaN or inf label, unknown element) raises :class:`~mace.tools.errors.UserInputError` naming
+NaN or inf label, unknown element) raises :class:`~mace.core.errors.UserInputError` naming
 the file, frame index and key, so the command line can report it in one sentence.
 """
 import logging
@@ -13,8 +13,8 @@ import ase.io
 import numpy as np
 from ase import Atoms
 
-from mace.tools.atomic_numbers import AtomicNumberTable
-from mace.tools.errors import UserInputError
+from mace.core.atomic_numbers import AtomicNumberTable
+from mace.core.errors import UserInputError
 
 T = TypeVar("T")
 

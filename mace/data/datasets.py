@@ -1,9 +1,8 @@
-"""The training, validation and test sets of a run, read as the flags say."""
-import argparse
+"""The training, validation and test sets of a run, read as its :class:`DataSettings` say."""
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -14,9 +13,8 @@ from mace.data.configuration import (
     load_from_xyz,
     random_train_valid_split,
 )
-from mace.tools.arg_parser import parse_config_type_weights
-from mace.tools.errors import UserInputError
-from mace.tools.files import atomic_write
+from mace.core.errors import UserInputError
+from mace.core.files import atomic_write
 
 NamedSet = Tuple[str, List[Configuration]]
 
@@ -36,31 +34,50 @@ class Datasets:
         return self.train + self.valid + [c for _, configs in self.tests for c in configs]
 
 
-def _read(path: str, args: argparse.Namespace, **kwargs) -> Tuple[Dict[int, float], List[Configuration]]:
+@dataclass(frozen=True)
+class DataSettings:
+    """Where a run's configurations come from and under which keys their labels are stored
+    (upstream's flag names and defaults); ``seed`` draws the validation split."""
+
+    train_file: str
+    valid_file: Optional[str] = None
+    valid_fraction: float = 0.1
+    test_file: Optional[str] = None
+    test_dir: Optional[str] = None
+    seed: int = 123
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    stress_key: str = "stress"
+    virials_key: str = "virials"
+    config_type_weights: Mapping[str, float] = field(default_factory=lambda: {"Default": 1.0})
+    keep_isolated_atoms: bool = False
+
+
+def _read(path: str, settings: DataSettings, **kwargs: Any) -> Tuple[Dict[int, float], List[Configuration]]:
     return load_from_xyz(
         path,
-        energy_key=args.energy_key,
-        forces_key=args.forces_key,
-        stress_key=args.stress_key,
-        virials_key=args.virials_key,
-        config_type_weights=parse_config_type_weights(args.config_type_weights),
+        energy_key=settings.energy_key,
+        forces_key=settings.forces_key,
+        stress_key=settings.stress_key,
+        virials_key=settings.virials_key,
+        config_type_weights=dict(settings.config_type_weights),
         **kwargs,
     )
 
 
-def test_sets(args: argparse.Namespace) -> List[NamedSet]:
+def test_sets(settings: DataSettings) -> List[NamedSet]:
     """One set per test file (test_dir: every .xyz in it), split further by config_type."""
     paths: List[Path] = []
-    if args.test_file:
-        paths.append(Path(args.test_file))
-    if args.test_dir:
-        directory = Path(args.test_dir)
+    if settings.test_file:
+        paths.append(Path(settings.test_file))
+    if settings.test_dir:
+        directory = Path(settings.test_dir)
         if not directory.is_dir():
             raise UserInputError(f"--test_dir {directory} is not a folder")
         paths.extend(sorted(directory.glob("*.xyz")))
     sets: List[NamedSet] = []
     for path in paths:
-        _, configs = _read(str(path), args, require_energy=False)
+        _, configs = _read(str(path), settings, require_energy=False)
         groups = group_by_config_type(configs)
         if len(groups) == 1:
             sets.append((path.stem, groups[0][1]))
@@ -69,16 +86,18 @@ def test_sets(args: argparse.Namespace) -> List[NamedSet]:
     return sets
 
 
-def load_datasets(args: argparse.Namespace) -> Datasets:
+def load_datasets(settings: DataSettings) -> Datasets:
     """Train/valid (file or seeded split) and tests; nothing is written (see :func:`write_valid_indices`)."""
-    isolated, train = _read(args.train_file, args, extract_atomic_energies=True, keep_isolated_atoms=args.keep_isolated_atoms)
-    check_labels(train, need_forces=True, path=args.train_file, forces_key=args.forces_key)
+    isolated, train = _read(
+        settings.train_file, settings, extract_atomic_energies=True, keep_isolated_atoms=settings.keep_isolated_atoms
+    )
+    check_labels(train, need_forces=True, path=settings.train_file, forces_key=settings.forces_key)
     indices: Optional[List[int]] = None
-    if args.valid_file:
-        _, valid = _read(args.valid_file, args)
+    if settings.valid_file:
+        _, valid = _read(settings.valid_file, settings)
     else:
-        train, valid, indices = random_train_valid_split(train, args.valid_fraction, args.seed)
-    datasets = Datasets(train=train, valid=valid, tests=test_sets(args), isolated_atom_e0s=isolated, valid_indices=indices)
+        train, valid, indices = random_train_valid_split(train, settings.valid_fraction, settings.seed)
+    datasets = Datasets(train=train, valid=valid, tests=test_sets(settings), isolated_atom_e0s=isolated, valid_indices=indices)
     logging.info(
         "Data: %d training, %d validation configurations; test sets: %s",
         len(train), len(valid), ", ".join(f"{name} ({len(c)})" for name, c in datasets.tests) or "none",

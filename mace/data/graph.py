@@ -6,7 +6,7 @@ import torch
 
 from mace.data.configuration import Configuration
 from mace.data.neighborhood import get_neighborhood
-from mace.tools.atomic_numbers import AtomicNumberTable, to_one_hot
+from mace.core.atomic_numbers import AtomicNumberTable, to_one_hot
 
 
 def _float_tensor(values: object) -> torch.Tensor:

@@ -52,8 +52,12 @@ def make_loader(
     shuffle: bool,
     drop_last: bool = False,
     seed: Optional[int] = None,
+    num_workers: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """DataLoader over graphs; with a ``seed`` the shuffling order is reproducible."""
+    """DataLoader over graphs; with a ``seed`` the shuffling order is reproducible (the
+    order is drawn in this process, so it does not depend on ``num_workers``, the processes
+    that collate batches); ``pin_memory`` page-locks batches for faster copies to a GPU."""
     generator = None
     if seed is not None:
         generator = torch.Generator()
@@ -65,6 +69,8 @@ def make_loader(
         drop_last=drop_last,
         collate_fn=collate_graphs,
         generator=generator,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
     )
 
 

@@ -9,7 +9,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from matscipy.neighbours import neighbour_list
 
-from mace.tools.errors import UserInputError
+from mace.core.errors import UserInputError
 
 
 def _padded_cell(

@@ -1,5 +1,5 @@
-"""A fresh model from run_train's hyperparameter flags and the data statistics."""
-import argparse
+"""A fresh model from its hyperparameters (:class:`ModelSettings`) and the data statistics."""
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -17,36 +17,54 @@ GATES: Dict[str, Optional[Callable]] = {
 }
 
 
+@dataclass(frozen=True)
+class ModelSettings:
+    """The architecture of a model trained from scratch, under upstream's flag names and defaults."""
+
+    model: str = "MACE"
+    r_max: float = 5.0
+    num_radial_basis: int = 8
+    num_cutoff_basis: int = 5
+    max_ell: int = 3
+    interaction: str = "RealAgnosticResidualInteractionBlock"
+    interaction_first: str = "RealAgnosticInteractionBlock"
+    num_interactions: int = 2
+    hidden_irreps: str = "128x0e + 128x1o"
+    MLP_irreps: str = "16x0e"
+    correlation: int = 3
+    gate: str = "silu"
+    radial_MLP: List[int] = field(default_factory=lambda: [64, 64, 64])
+
+
 def build_model(
-    args: argparse.Namespace,
+    settings: ModelSettings,
     atomic_numbers: List[int],
     e0s: Dict[int, float],
     avg_num_neighbors: float,
-    radial_MLP: List[int],
     scale: float,
     shift: float,
 ) -> MACE:
     """--model MACE and ScaleShiftMACE both predict scaled interaction energies; MACE has no shift."""
     config = dict(
-        r_max=args.r_max,
-        num_bessel=args.num_radial_basis,
-        num_polynomial_cutoff=args.num_cutoff_basis,
-        max_ell=args.max_ell,
-        interaction_cls=INTERACTION_CLASSES[args.interaction],
-        interaction_cls_first=INTERACTION_CLASSES[args.interaction_first],
-        num_interactions=args.num_interactions,
+        r_max=settings.r_max,
+        num_bessel=settings.num_radial_basis,
+        num_polynomial_cutoff=settings.num_cutoff_basis,
+        max_ell=settings.max_ell,
+        interaction_cls=INTERACTION_CLASSES[settings.interaction],
+        interaction_cls_first=INTERACTION_CLASSES[settings.interaction_first],
+        num_interactions=settings.num_interactions,
         num_elements=len(atomic_numbers),
-        hidden_irreps=o3.Irreps(args.hidden_irreps),
-        MLP_irreps=o3.Irreps(args.MLP_irreps),
+        hidden_irreps=o3.Irreps(settings.hidden_irreps),
+        MLP_irreps=o3.Irreps(settings.MLP_irreps),
         atomic_energies=np.array([e0s[z] for z in atomic_numbers]),
         avg_num_neighbors=avg_num_neighbors,
         atomic_numbers=atomic_numbers,
-        correlation=args.correlation,
-        gate=GATES[args.gate],
-        radial_MLP=radial_MLP,
+        correlation=settings.correlation,
+        gate=GATES[settings.gate],
+        radial_MLP=list(settings.radial_MLP),
     )
     return ScaleShiftMACE(
         atomic_inter_scale=scale,
-        atomic_inter_shift=shift if args.model == "ScaleShiftMACE" else 0.0,
+        atomic_inter_shift=shift if settings.model == "ScaleShiftMACE" else 0.0,
         **config,
     )

@@ -16,9 +16,9 @@ import torch
 from mace.data import Configuration
 from mace.modules.models import MACE
 from mace.modules.safe_pickle import ForbiddenGlobal, safe_torch_load
-from mace.tools.errors import UserInputError, one_line
-from mace.tools.files import atomic_torch_save
-from mace.tools.predict import predict
+from mace.core.errors import UserInputError, one_line
+from mace.core.files import atomic_torch_save
+from mace.modules.predict import predict
 
 PathLike = Union[str, os.PathLike]
 TRUST_HINT = "if you trust this file, pass --trust_pickle (trust_pickle=True in Python)"

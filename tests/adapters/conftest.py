@@ -5,7 +5,6 @@ graph size, costing seconds per forward on CPU, and a 15-atom graph gains nothin
 several threads: the tests run one thread without that optimiser (about half the time).
 """
 import copy
-import os
 from pathlib import Path
 from typing import Dict, Iterator, List, Sequence
 
@@ -16,22 +15,15 @@ import torch
 from mace.data import collate_graphs, config_from_atoms, read_frames
 from mace.modules.loading import load_model
 from mace.modules.models import MACE
-from mace.tools.foundation import restrict_to_elements
-from mace.tools.predict import model_graphs
+from mace.adapters.foundation import restrict_to_elements
+from mace.modules.predict import model_graphs
+from tests.shared import shared_folder_or_skip
 
 HCO = (1, 6, 8)  # elements of acetylacetone and aspirin
 
 
-def shared_path() -> Path:
-    """The shared data folder (env MMEA_SHARED, default <repo>/../shared); skip if absent."""
-    path = Path(os.environ.get("MMEA_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
-    if not path.is_dir():
-        pytest.skip(f"shared data folder {path} not found (set MMEA_SHARED)")
-    return path
-
-
 def model_path(name: str) -> Path:
-    return shared_path() / "conformance" / "models" / f"{name}.model"
+    return shared_folder_or_skip() / "conformance" / "models" / f"{name}.model"
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +56,7 @@ def small_hco(small_hco_template: MACE) -> MACE:
 
 @pytest.fixture(scope="session")
 def acac_frames() -> list:
-    return read_frames(str(shared_path() / "conformance" / "predictions" / "small_v0316__acac10.xyz"))[:1]
+    return read_frames(str(shared_folder_or_skip() / "conformance" / "predictions" / "small_v0316__acac10.xyz"))[:1]
 
 
 def make_batch(model: MACE, frames: Sequence, rotation: np.ndarray = np.eye(3)) -> Dict[str, torch.Tensor]:

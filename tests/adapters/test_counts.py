@@ -42,7 +42,7 @@ import torch
 
 from mace.adapters import ELoRAConfig, MMEAConfig, count_trainable, inject_adapters, trainable_parameter_table
 from mace.modules.loading import load_model
-from mace.tools.foundation import restrict_to_elements
+from mace.adapters.foundation import restrict_to_elements
 
 from .conftest import HCO, model_path
 

@@ -4,8 +4,8 @@ import torch
 from e3nn import o3
 
 from mace.modules.loading import load_model
-from mace.tools.errors import UserInputError
-from mace.tools.foundation import restrict_to_elements, set_e0s
+from mace.core.errors import UserInputError
+from mace.adapters.foundation import restrict_to_elements, set_e0s
 
 from .conftest import HCO, energies_forces, make_batch, max_difference, model_path
 

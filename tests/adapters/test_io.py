@@ -9,8 +9,8 @@ from mace.adapters.elora import LowRankUpdate
 from mace.adapters.io import load_adapted_model, save_adapter
 from mace.cli import apply_adapter
 from mace.modules.loading import load_model
-from mace.tools.errors import UserInputError
-from mace.tools.foundation import set_e0s
+from mace.core.errors import UserInputError
+from mace.adapters.foundation import set_e0s
 
 from .conftest import energies_forces, make_batch, max_difference, model_path, perturb_trainable
 

@@ -11,10 +11,10 @@ from mace.adapters.io import load_adapted_model
 from mace.cli import apply_adapter, run_train
 from mace.data import config_from_atoms
 from mace.modules import load_model
-from mace.tools.errors import UserInputError
-from mace.tools.finetuning import resolve_foundation_path
-from mace.tools.foundation import restrict_to_elements
-from mace.tools.predict import predict
+from mace.core.errors import UserInputError
+from mace.adapters.prepare import resolve_foundation_path
+from mace.adapters.foundation import restrict_to_elements
+from mace.modules.predict import predict
 
 FOUNDATION = "conformance/models/small_v0316.model"
 ASPIRIN = "repro_data/dataset/dataset_rmd17/revised_aspirin/train.xyz"
@@ -114,8 +114,8 @@ def test_published_name_offline_is_a_clear_error(monkeypatch, tmp_path: Path) ->
 
 def test_estimated_e0s_remove_the_foundations_mean_energy_error(shared_dir: Path, workdir: Path) -> None:
     from mace.data import load_from_xyz
-    from mace.tools.atomic_numbers import AtomicNumberTable
-    from mace.tools.finetuning import set_finetuning_e0s
+    from mace.core.atomic_numbers import AtomicNumberTable
+    from mace.adapters.prepare import set_finetuning_e0s
 
     torch.set_default_dtype(torch.float64)
     _, configs = load_from_xyz("train.xyz", energy_key="REF_energy", forces_key="REF_forces")

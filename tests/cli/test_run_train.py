@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -30,7 +29,8 @@ import torch
 from mace.cli import run_train
 from mace.data import load_from_xyz
 from mace.modules import load_model
-from mace.tools.predict import predict
+from mace.modules.predict import predict
+from tests.shared import documented_seed_command
 
 ASPIRIN = Path("repro_data/dataset/dataset_rmd17/revised_aspirin")
 TINY_FLAGS = [
@@ -138,12 +138,29 @@ def test_training_lowers_the_validation_loss(main_run: Path) -> None:
 
 
 def test_results_are_json_lines_of_every_epoch(main_run: Path) -> None:
-    records = read_results(main_run, "tiny_run-123")
+    records = [r for r in read_results(main_run, "tiny_run-123") if r["mode"] in ("opt", "eval")]
     assert [(r["mode"], r["epoch"]) for r in records] == [(mode, e) for e in range(4) for mode in ("opt", "eval")]
     for record in records:
         assert math.isfinite(record["loss"])
         if record["mode"] == "eval":
             assert {"lr", "mae_e", "mae_f", "rmse_e", "rmse_f", "rel_mae_f"} <= set(record)
+
+
+def test_results_hold_the_parameter_counts_and_the_final_errors_of_each_model(main_run: Path) -> None:
+    """What programs (the benchmark) read instead of parsing the log."""
+    records = read_results(main_run, "tiny_run-123")
+    counts = [r for r in records if r["mode"] == "parameters"]
+    assert counts == [{"mode": "parameters", "adapter": "none", "trainable": counts[0]["trainable"], "total": counts[0]["total"]}]
+    assert 0 < counts[0]["trainable"] == counts[0]["total"]
+    final = [(r["stage"], r["model"], r["set"]) for r in records if r["mode"] == "final"]
+    sets = ["train", "valid", "mixed:eq", "mixed:md", "a", "b"]
+    assert final == [("main", "tiny.model", s) for s in sets] + [("swa", "tiny_swa.model", s) for s in sets]
+    log = (main_run / "logs" / "tiny_run-123.log").read_text()
+    table = error_tables(log)["swa model tiny_swa.model"]
+    test_a = next(r for r in records if r["mode"] == "final" and r["stage"] == "swa" and r["set"] == "a")
+    row = next(row for row in table if row[0] == "a")
+    assert float(row[1]) == pytest.approx(test_a["mae_e"] * 1e3, abs=0.051)
+    assert float(row[2]) == pytest.approx(test_a["mae_f"] * 1e3, abs=0.051)
 
 
 def test_log_has_one_line_per_evaluation_and_the_final_tables(main_run: Path) -> None:
@@ -294,11 +311,14 @@ def test_outputs_get_the_permissions_of_the_umask(main_run: Path) -> None:
 
 
 def test_runs_with_the_same_seed_are_identical(aspirin, tmp_path) -> None:
+    """Also with batches collated in a worker process (--num_workers): the order is drawn here."""
     losses = []
-    for run in ("first", "second"):
+    for run, workers in (("first", "0"), ("second", "1")):
         write_frames(tmp_path / run / "tiny.xyz", aspirin)
-        assert run_main(tmp_path / run, TINY_FLAGS + ["--name=r", "--train_file=tiny.xyz", "--max_num_epochs=2"]) == 0
-        losses.append([(r["mode"], r["epoch"], r["loss"]) for r in read_results(tmp_path / run, "r_run-123")])
+        flags = ["--name=r", "--train_file=tiny.xyz", "--max_num_epochs=2", f"--num_workers={workers}"]
+        assert run_main(tmp_path / run, TINY_FLAGS + flags) == 0
+        records = [r for r in read_results(tmp_path / run, "r_run-123") if r["mode"] in ("opt", "eval")]
+        losses.append([(r["mode"], r["epoch"], r["loss"]) for r in records])
     assert len(losses[0]) == 4
     assert losses[0] == losses[1]
     indices = [(tmp_path / run / "results" / "r_run-123_valid_indices.txt").read_text() for run in ("first", "second")]
@@ -308,14 +328,6 @@ def test_runs_with_the_same_seed_are_identical(aspirin, tmp_path) -> None:
 # --------------------------------------------------------------------------------------
 # The seed's quick-validation command, and a restart after SIGKILL
 # --------------------------------------------------------------------------------------
-
-
-def seed_quick_validation_flags(shared_dir: Path) -> List[str]:
-    """The flags of the run_train command under 'Quick Validation' in the seed README, as written."""
-    readme = (shared_dir / "seed" / "MMEA-README.md").read_text()
-    section = readme.split("## Quick Validation", 1)[1]
-    line = next(row for row in section.splitlines() if row.strip().startswith("python -m mace.cli.run_train"))
-    return shlex.split(line)[3:]
 
 
 def rewrite_flags(tokens: Sequence[str], replace: Dict[str, str], drop: Sequence[str]) -> List[str]:
@@ -335,7 +347,7 @@ def test_seed_quick_validation_command_runs(shared_dir, aspirin, tmp_path) -> No
     write_frames(tmp_path / "train.xyz", aspirin)
     write_frames(tmp_path / "test.xyz", ase.io.read(shared_dir / ASPIRIN / "test.xyz", index=":10"))
     argv = rewrite_flags(
-        seed_quick_validation_flags(shared_dir),
+        documented_seed_command(),  # as written in the seed README
         replace={"--device": "cpu", "--max_num_epochs": "2", "--num_channels": "8",
                  "--train_file": "train.xyz", "--test_file": "test.xyz"},
         drop=["--foundation_model"],

@@ -14,8 +14,8 @@ from mace.data import (
     load_from_xyz,
     random_train_valid_split,
 )
-from mace.tools.atomic_numbers import atomic_number_table_from_zs
-from mace.tools.errors import UserInputError
+from mace.core.atomic_numbers import atomic_number_table_from_zs
+from mace.core.errors import UserInputError
 
 HEADER = 'Properties=species:S:1:pos:R:3:forces:R:3 {info} pbc="F F F"'
 

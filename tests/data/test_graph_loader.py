@@ -9,7 +9,7 @@ from mace.data import (
     graph_from_configuration,
     make_loader,
 )
-from mace.tools.atomic_numbers import atomic_number_table_from_zs
+from mace.core.atomic_numbers import atomic_number_table_from_zs
 
 Z_TABLE = atomic_number_table_from_zs([1, 6, 8])
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mace.data import get_neighborhood
-from mace.tools.errors import UserInputError
+from mace.core.errors import UserInputError
 
 
 def _image_range(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):

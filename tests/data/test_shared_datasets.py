@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from mace.data import compute_average_e0s, graph_from_configuration, load_from_xyz
-from mace.tools.atomic_numbers import atomic_number_table_from_zs
-from mace.tools.errors import UserInputError
+from mace.core.atomic_numbers import atomic_number_table_from_zs
+from mace.core.errors import UserInputError
 
 
 def test_rmd17_reference_keys(shared_dir):

@@ -7,7 +7,7 @@ from e3nn import o3
 
 from mace.data import Configuration, collate_graphs, graph_from_configuration
 from mace.modules import MACE, RealAgnosticInteractionBlock, RealAgnosticResidualInteractionBlock, ScaleShiftMACE
-from mace.tools.atomic_numbers import AtomicNumberTable
+from mace.core.atomic_numbers import AtomicNumberTable
 
 ELEMENTS = (1, 6, 8)
 

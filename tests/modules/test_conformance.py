@@ -13,7 +13,7 @@ import torch
 
 from mace.data import config_from_atoms
 from mace.modules import load_model
-from mace.tools.predict import predict
+from mace.modules.predict import predict
 
 
 def conformance_cases(shared: Path) -> List[Tuple[Path, Path]]:
@@ -45,7 +45,7 @@ def test_unknown_element_names_it(shared_dir: Path) -> None:
     model = load_model(model_path, dtype=torch.float64)
     from ase import Atoms
 
-    from mace.tools.errors import UserInputError
+    from mace.core.errors import UserInputError
 
     atoms = Atoms("HU", positions=[[0, 0, 0], [0, 0, 1.5]])
     with pytest.raises(UserInputError, match="U"):

@@ -8,7 +8,6 @@ Three independent references are used:
 """
 import glob
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
@@ -21,23 +20,13 @@ import mace  # noqa: F401  (lets e3nn 0.4.4 load its constants under torch >= 2.
 from e3nn import o3
 
 from mace.modules.coupling import coupling_basis, symmetric_coupling_basis, symmetrize_inputs
+from tests.shared import shared_folder
 
 MAX_ELL_3 = "1x0e+1x1o+1x2e+1x3o"
 MAX_ELL_2 = "1x0e+1x1o+1x2e"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _shared_dir() -> Path:
-    """The shared reference folder: $MMEA_SHARED, else ./shared or ../shared of the repo."""
-    if os.environ.get("MMEA_SHARED"):
-        return Path(os.environ["MMEA_SHARED"])
-    root = Path(__file__).resolve().parents[2]
-    for candidate in (root / "shared", root.parent / "shared"):
-        if (candidate / "conformance").is_dir():
-            return candidate
-    return root.parent / "shared"
 
 
 def _with_output_axis(basis: torch.Tensor, irrep: o3.Irrep) -> torch.Tensor:
@@ -200,11 +189,12 @@ def _null_space_dim(irreps_in: str, irrep: o3.Irrep, order: int) -> int:
 
 
 def _upstream_contractions() -> List[Tuple[str, str, o3.Irrep, int, List[torch.Tensor]]]:
-    models_dir = _shared_dir() / "conformance" / "models"
+    shared = shared_folder()
+    models_dir = shared / "conformance" / "models"
     files = sorted(glob.glob(str(models_dir / "*.model")))
-    tools_dir = _shared_dir() / "tools"
+    tools_dir = shared / "tools"
     if not files or not (tools_dir / "inspect_model.py").is_file():
-        pytest.skip(f"no upstream model files / inspect tool under {_shared_dir()}")
+        pytest.skip(f"no upstream model files / inspect tool under {shared}")
     sys.path.insert(0, str(tools_dir))
     try:
         from inspect_model import load  # stubs mace classes, keeps buffers and attributes

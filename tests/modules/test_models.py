@@ -8,7 +8,7 @@ from e3nn import o3
 
 from mace.data import Configuration
 from mace.modules import load_model, save_model
-from mace.tools.errors import UserInputError
+from mace.core.errors import UserInputError
 
 from .helpers import batch_of, random_molecule, tiny_model
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from mace.modules.loading import load_model, save_model
-from mace.tools.errors import UserInputError
-from mace.tools.predict import predict
+from mace.core.errors import UserInputError
+from mace.modules.predict import predict
 from tests.security.payloads import molecule, small_model
 
 TRUNCATED_FRACTIONS = (0.0, 0.001, 0.01, 0.3, 0.7, 0.9999)

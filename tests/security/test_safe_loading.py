@@ -19,10 +19,10 @@ from mace.cli import apply_adapter, eval_configs
 from mace.data import config_from_atoms
 from mace.modules.builder import GATES
 from mace.modules.loading import load_model, save_model
-from mace.tools.checkpoint import CheckpointHandler
-from mace.tools.errors import UserInputError
-from mace.tools.files import record_or_check_sha256
-from mace.tools.predict import predict
+from mace.training.checkpoint import CheckpointHandler
+from mace.core.errors import UserInputError
+from mace.core.files import record_or_check_sha256
+from mace.modules.predict import predict
 from tests.cli.test_run_train import TINY_FLAGS, run_main, write_frames
 from tests.security.payloads import (
     CreatesMarker,

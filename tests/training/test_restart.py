@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mace.tools.arg_parser import defining_settings, parse_args
-from mace.tools.checkpoint import CheckpointHandler
-from mace.tools.errors import UserInputError
-from mace.tools.restart import check_same_run, drop_results_after, newest_readable_checkpoint
+from mace.cli.arg_parser import defining_settings, parse_args
+from mace.training.checkpoint import CheckpointHandler
+from mace.core.errors import UserInputError
+from mace.training.restart import check_same_run, drop_results_after, newest_readable_checkpoint
 
 FLAGS = ["--name=run", "--train_file=train.xyz", "--lr=0.01", "--max_num_epochs=4"]
 CPU = torch.device("cpu")

@@ -9,9 +9,9 @@ from typing import Iterator
 
 import pytest
 
-from mace.tools.errors import UserInputError
-from mace.tools.files import atomic_write, remove_stale_temporaries, unwritable_folder_reason
-from mace.tools.run_lock import RunLock
+from mace.core.errors import UserInputError
+from mace.core.files import atomic_write, remove_stale_temporaries, unwritable_folder_reason
+from mace.core.run_lock import RunLock
 
 
 @pytest.fixture

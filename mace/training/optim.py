@@ -7,8 +7,8 @@ The radial embedding belongs to no group, so its Bessel frequencies never move, 
 they count as trainable and enter the gradient clipping norm, as in the reference codes.
 Only trainable parameters enter, so frozen foundation weights get no optimiser state.
 """
-import argparse
 import logging
+from dataclasses import dataclass
 from typing import Any, Dict, List
 
 import torch
@@ -65,18 +65,33 @@ def _log_unoptimised(model: MACE, optimised_ids: set) -> None:
         )
 
 
-def build_optimizer(model: MACE, args: argparse.Namespace) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, args.weight_decay, args.adapter_lr_factor)
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """Optimiser and learning-rate schedule, under upstream's flag names and defaults."""
+
+    optimizer: str = "adam"
+    lr: float = 0.01
+    weight_decay: float = 5e-7
+    amsgrad: bool = True
+    adapter_lr_factor: float = 1.0
+    scheduler: str = "ReduceLROnPlateau"
+    lr_factor: float = 0.8
+    scheduler_patience: int = 50
+    lr_scheduler_gamma: float = 0.9993
+
+
+def build_optimizer(model: MACE, settings: OptimizerSettings) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, settings.weight_decay, settings.adapter_lr_factor)
     for group in groups:
-        group["lr"] = args.lr * group["lr_factor"]
-    if args.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=args.lr, amsgrad=args.amsgrad)
-    return torch.optim.Adam(groups, lr=args.lr, amsgrad=args.amsgrad)
+        group["lr"] = settings.lr * group["lr_factor"]
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=settings.lr, amsgrad=settings.amsgrad)
+    return torch.optim.Adam(groups, lr=settings.lr, amsgrad=settings.amsgrad)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> Any:
-    if args.scheduler == "ExponentialLR":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_scheduler_gamma)
+def build_scheduler(optimizer: torch.optim.Optimizer, settings: OptimizerSettings) -> Any:
+    if settings.scheduler == "ExponentialLR":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_scheduler_gamma)
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=args.lr_factor, patience=args.scheduler_patience
+        optimizer, factor=settings.lr_factor, patience=settings.scheduler_patience
     )

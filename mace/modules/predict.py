@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from mace.data import Configuration, batch_to_device, collate_graphs, graph_from_configuration
-from mace.tools.atomic_numbers import AtomicNumberTable
-from mace.tools.errors import UserInputError
+from mace.core.atomic_numbers import AtomicNumberTable
+from mace.core.errors import UserInputError
 
 
 @dataclass

@@ -1,15 +1,23 @@
-"""Final evaluation of trained models: one error-table row per data set."""
+"""Final evaluation of trained models: one error-table row per data set, logged as a table
+and written as JSON lines to the results file, beside the run's parameter counts.
+
+Results-file records written here (the training loop writes ``opt`` and ``eval`` ones):
+- ``{"mode": "parameters", "adapter": method, "trainable": n, "total": n}``, once a run starts;
+- ``{"mode": "final", "stage": "main" | "swa", "model": file name, "set": name, **metrics}``,
+  one per data set of each saved model (metrics in eV and eV/A, as in the ``eval`` lines).
+"""
 import logging
 import math
+from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import torch
 
 from mace.data import Configuration, make_loader
-from mace.tools.errors import UserInputError
-from mace.tools.metrics import error_table
-from mace.tools.predict import model_graphs, predict
-from mace.tools.train import OutputRequest, evaluate
+from mace.core.errors import UserInputError
+from mace.training.metrics import error_table
+from mace.modules.predict import model_graphs, predict
+from mace.training.train import OutputRequest, append_result, evaluate
 
 NamedSet = Tuple[str, Sequence[Configuration]]
 
@@ -51,3 +59,12 @@ def log_error_table(title: str, table_type: str, rows: Sequence[Tuple[str, Dict[
     table = error_table(table_type, rows)
     logging.info("Error-table on %s:\n%s", title, table)
     return str(table)
+
+
+def write_parameter_counts(results: Path, method: str, trainable: int, total: int) -> None:
+    append_result(results, {"mode": "parameters", "adapter": method, "trainable": trainable, "total": total})
+
+
+def write_final_errors(results: Path, stage: str, model_name: str, rows: Sequence[Tuple[str, Dict[str, float]]]) -> None:
+    for name, metrics in rows:
+        append_result(results, {"mode": "final", "stage": stage, "model": model_name, "set": name, **metrics})

@@ -6,8 +6,8 @@ import numpy as np
 
 from mace.data.configuration import Configuration, compute_average_e0s
 from mace.data.neighborhood import get_neighborhood
-from mace.tools.atomic_numbers import AtomicNumberTable
-from mace.tools.errors import UserInputError
+from mace.core.atomic_numbers import AtomicNumberTable
+from mace.core.errors import UserInputError
 
 
 def resolve_e0s(

@@ -2,15 +2,17 @@
 and the adapter knobs shared between flags and environment variables."""
 import argparse
 import json
-import shlex
 from typing import Dict, List, Optional
 
 import pytest
 
-from mace.tools import arg_parser
-from mace.tools.arg_parser import (
-    AdapterSettings,
+from benchmarks.protocols import command_flags, seed_command
+from mace.cli import arg_parser
+from mace.adapters.config import MMEAConfig
+from mace.adapters.settings import AdapterSettings
+from mace.cli.arg_parser import (
     UserInputError,
+    adapter_settings,
     build_parser,
     float_or_none,
     hidden_irreps_from_channels,
@@ -19,7 +21,6 @@ from mace.tools.arg_parser import (
     parse_config_type_weights,
     parse_e0s,
     parse_radial_mlp,
-    resolve_adapter_settings,
     str2bool,
 )
 
@@ -88,20 +89,6 @@ SWITCH_WHEN_GIVEN = {
     "save_cpu": True, "wandb": True, "foundation_model_readout": False, "amsgrad": True,
     "trust_pickle": True,
 }
-
-SEED_COMMAND = (
-    'python -m mace.cli.run_train  --name="rmd17-Aspirin"  '
-    '--train_file="repro_data/dataset/dataset_rmd17/revised_aspirin/train.xyz"  '
-    '--valid_fraction=0.5  --test_file="repro_data/dataset/dataset_rmd17/revised_aspirin/test.xyz"'
-    '  --E0s="average"  --model="MACE"  --loss="ef"  --num_interactions=2  --num_channels=128  '
-    '--max_L=1  --correlation=3  --r_max=5.0  --lr=0.005  --forces_weight=1000  '
-    '--energy_weight=1  --weight_decay=1e-8  --clip_grad=100  --batch_size=5  '
-    '--valid_batch_size=5  --max_num_epochs=500  --scheduler_patience=5  --ema  '
-    '--ema_decay=0.995  --swa  --start_swa=400  --error_table="TotalMAE"  '
-    '--default_dtype="float64" --device=cuda  --seed=123  --save_cpu  '
-    '--energy_key="REF_energy"  --forces_key="REF_forces"  '
-    '--foundation_model="repro_data/foundation_model/MACE-OFF23_medium.model" '
-)
 
 
 def _parse(extra: List[str], environ: Optional[Dict[str, str]] = None) -> argparse.Namespace:
@@ -173,7 +160,7 @@ def test_invalid_choice_is_a_usage_error(capsys):
     "text,value", [("True", True), ("false", False), ("1", True), ("no", False)]
 )
 def test_boolean_value_flags_read_words(dest, text, value):
-    assert getattr(_parse([f"--{dest}", text]), dest) is value
+    assert getattr(build_parser().parse_args(MINIMAL + [f"--{dest}", text]), dest) is value
 
 
 def test_boolean_value_flag_rejects_other_words(capsys):
@@ -194,8 +181,8 @@ def test_str2bool_and_float_or_none():
 
 
 def test_seed_command_parses_on_cpu():
-    argv = shlex.split(SEED_COMMAND.replace("--device=cuda", "--device=cpu"))[3:]
-    args = parse_args(argv, environ={})
+    """The seed's command (benchmarks/protocols.py; tests/test_benchmark.py checks it against the README)."""
+    args = parse_args(command_flags(seed_command(device="cpu")), environ={})
     assert args.hidden_irreps == "128x0e + 128x1o"
     assert (args.num_channels, args.max_L) == (128, 1)
     assert args.device == "cpu"
@@ -204,11 +191,11 @@ def test_seed_command_parses_on_cpu():
     assert (args.start_swa, args.max_num_epochs, args.ema_decay) == (400, 500, 0.995)
     assert args.weight_decay == 1e-8 and args.clip_grad == 100.0 and args.lr == 0.005
     assert args.E0s == "average" and args.error_table == "TotalMAE" and args.loss == "ef"
-    settings = resolve_adapter_settings(args, environ={})
+    settings = adapter_settings(args, environ={})
     assert settings == AdapterSettings(
-        method="mmea", mmea_rank=16, mmea_std=None, mmea_init=None, mmea_phi="exp",
-        elora_rank=16, elora_alpha=16.0,
+        method="mmea", config=MMEAConfig(rank=16, std=None, init=None, phi="exp", lora_rank=16, lora_alpha=16.0)
     )
+    assert args.adapter_settings == settings
 
 
 # ----------------------------------------------------------------------------- channel override
@@ -472,7 +459,7 @@ def test_config_value_still_validated(capsys, tmp_path):
 
 
 def _settings(extra: List[str], environ: Dict[str, str]) -> AdapterSettings:
-    return resolve_adapter_settings(_parse(extra, environ), environ=environ)
+    return adapter_settings(_parse(extra, environ), environ=environ)
 
 
 FM = ["--foundation_model", "fm.model"]
@@ -492,22 +479,22 @@ def test_adapter_without_foundation_model_is_rejected(capsys, method):
 
 
 def test_mmea_rank_env_and_flag_precedence():
-    assert _settings(FM, {}).mmea_rank == 16
-    assert _settings(FM, {"MMEA_RANK": "32"}).mmea_rank == 32
-    assert _settings(FM + ["--mmea_rank", "8"], {"MMEA_RANK": "32"}).mmea_rank == 8
-    assert _settings(FM, {"MMEA_RANK": " "}).mmea_rank == 16
+    assert _settings(FM, {}).config.rank == 16
+    assert _settings(FM, {"MMEA_RANK": "32"}).config.rank == 32
+    assert _settings(FM + ["--mmea_rank", "8"], {"MMEA_RANK": "32"}).config.rank == 8
+    assert _settings(FM, {"MMEA_RANK": " "}).config.rank == 16
 
 
 def test_mmea_phi_env_and_flag_precedence():
-    assert _settings(FM, {}).mmea_phi == "exp"
-    assert _settings(FM, {"MMEA_PHI": "res"}).mmea_phi == "res"
-    assert _settings(FM + ["--mmea_phi", "exp"], {"MMEA_PHI": "res"}).mmea_phi == "exp"
+    assert _settings(FM, {}).config.phi == "exp"
+    assert _settings(FM, {"MMEA_PHI": "res"}).config.phi == "res"
+    assert _settings(FM + ["--mmea_phi", "exp"], {"MMEA_PHI": "res"}).config.phi == "exp"
 
 
 @pytest.mark.parametrize(
     "extra,environ,init,std",
     [
-        ([], {}, None, None),
+        ([], {}, "default", None),
         ([], {"MMEA_STD": "0.001"}, "normal", 0.001),
         ([], {"MMEA_STD": "0"}, "zero", 0.0),
         (["--mmea_std", "0.01"], {"MMEA_STD": "0.001"}, "normal", 0.01),
@@ -518,12 +505,12 @@ def test_mmea_phi_env_and_flag_precedence():
 )
 def test_mmea_init_resolution(extra, environ, init, std):
     settings = _settings(FM + extra, environ)
-    assert settings.mmea_init == init and settings.mmea_std == std
+    assert settings.config.scalar_init == init and settings.config.std == std
 
 
 def test_reference_3bpa_environment():
     settings = _settings(FM, {"MMEA_RANK": "32", "MMEA_STD": "0.001"})
-    assert (settings.mmea_rank, settings.mmea_std, settings.mmea_init) == (32, 0.001, "normal")
+    assert (settings.config.rank, settings.config.std, settings.config.scalar_init) == (32, 0.001, "normal")
 
 
 @pytest.mark.parametrize(
@@ -547,18 +534,18 @@ def test_reference_3bpa_environment():
 def test_bad_adapter_values_name_their_source(capsys, environ, extra, name):
     args = build_parser().parse_args(MINIMAL + FM + extra)
     with pytest.raises(UserInputError, match=name):
-        resolve_adapter_settings(args, environ=environ)
+        adapter_settings(args, environ=environ)
     assert name in _rejection(capsys, MINIMAL + FM + extra, environ)
 
 
 def test_flag_hides_a_bad_environment_value():
-    assert _settings(FM + ["--mmea_rank", "4"], {"MMEA_RANK": "abc"}).mmea_rank == 4
+    assert _settings(FM + ["--mmea_rank", "4"], {"MMEA_RANK": "abc"}).config.rank == 4
 
 
 def test_resolve_reads_os_environ_by_default(monkeypatch):
     monkeypatch.setenv("MMEA_RANK", "24")
     args = build_parser().parse_args(MINIMAL + FM)
-    assert resolve_adapter_settings(args).mmea_rank == 24
+    assert adapter_settings(args).config.rank == 24
 
 
 # ----------------------------------------------------------------------------- value readers
@@ -591,4 +578,42 @@ def test_help_mentions_adapter_flags(capsys):
 
 
 def test_module_exports():
-    assert arg_parser.ADAPTER_METHODS == ("mmea", "elora", "none")
+    choices = next(a.choices for a in build_parser()._actions if a.dest == "adapter")
+    assert choices == ["mmea", "elora", "none"]
+
+
+@pytest.mark.parametrize(
+    "extra,flag",
+    [
+        (FM + ["--adapter", "elora", "--mmea_rank", "8"], "--mmea_rank"),
+        (FM + ["--adapter", "none", "--elora_rank", "8"], "--elora_rank"),
+        (["--mmea_phi", "res"], "--mmea_phi"),
+    ],
+)
+def test_a_setting_of_another_method_is_refused_not_ignored(capsys, extra, flag):
+    err = _rejection(capsys, MINIMAL + extra)
+    assert f"{flag} does not apply to --adapter" in err
+
+
+def test_resolved_settings_are_one_frozen_record_of_plain_data():
+    settings = _settings(FM + ["--adapter", "elora", "--elora_rank", "4"], {})
+    assert settings.record() == {"adapter": "elora", "elora_rank": 4, "elora_alpha": 16.0}
+    with pytest.raises(AttributeError):
+        settings.method = "none"
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--compute_forces", "False"], "--compute_forces False is not supported"),
+        (["--dipole_key", "mu"], "--dipole_key mu is not supported"),
+        (["--charges_key", "q"], "--charges_key q is not supported"),
+    ],
+)
+def test_flags_of_missing_features_are_refused_not_ignored(capsys, extra, message):
+    assert message in _rejection(capsys, MINIMAL + extra)
+
+
+def test_upstream_defaults_of_those_flags_are_accepted():
+    args = _parse(["--compute_forces", "True", "--dipole_key", "dipole", "--charges_key", "charges"], {})
+    assert args.compute_forces and args.dipole_key == "dipole"

@@ -23,7 +23,7 @@ from mace.adapters import adapter_parameter_ids, inject_adapters
 from mace.adapters.elora import make_radial_basis_trainable
 from mace.data import Configuration, load_from_xyz
 from mace.data.datasets import Datasets
-from mace.modules.builder import build_model
+from mace.modules.builder import ModelSettings, build_model
 from mace.modules.loss import (
     EnergyForcesLoss,
     WeightedEnergyForcesLoss,
@@ -35,15 +35,15 @@ from mace.modules.loss import (
     build_stage_two_loss,
 )
 from mace.modules.models import MACE
-from mace.tools.arg_parser import parse_args
-from mace.tools.atomic_numbers import AtomicNumberTable
-from mace.tools.checkpoint import CheckpointHandler
-from mace.tools.errors import UserInputError
-from mace.tools.metrics import TABLE_COLUMNS, ErrorAccumulator, error_table, evaluation_summary
-from mace.tools.optim import build_optimizer, parameter_groups
-from mace.tools.reporting import evaluate_sets
-from mace.tools.statistics import resolve_e0s
-from mace.tools.train import SWASettings, Trainer, TrainingDivergedError, evaluate, output_request_for
+from mace.cli.arg_parser import defining_settings, parse_args
+from mace.core.atomic_numbers import AtomicNumberTable
+from mace.training.checkpoint import CheckpointHandler
+from mace.core.errors import UserInputError
+from mace.training.metrics import TABLE_COLUMNS, ErrorAccumulator, error_table, evaluation_summary
+from mace.training.optim import OptimizerSettings, build_optimizer, parameter_groups
+from mace.training.reporting import evaluate_sets
+from mace.data.statistics import resolve_e0s
+from mace.training.train import SWASettings, Trainer, TrainingDivergedError, evaluate, output_request_for
 
 Batch = Dict[str, torch.Tensor]
 
@@ -321,8 +321,8 @@ def tiny_template() -> MACE:
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     torch.manual_seed(0)
-    args = parse_args(MODEL_FLAGS)
-    model = build_model(args, [1, 8], WATER_E0S, avg_num_neighbors=2.0, radial_MLP=[8], scale=1.0, shift=0.0)
+    settings = ModelSettings(hidden_irreps="8x0e", correlation=2, r_max=4.0, max_ell=1, num_radial_basis=4, radial_MLP=[8])
+    model = build_model(settings, [1, 8], WATER_E0S, avg_num_neighbors=2.0, scale=1.0, shift=0.0)
     torch.set_default_dtype(dtype)
     return model
 
@@ -378,7 +378,7 @@ def test_frozen_parameters_get_no_optimiser_group(tiny_model: MACE) -> None:
 
 @pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
 def test_build_optimizer_uses_the_requested_class_with_amsgrad(tiny_model: MACE, name: str, cls: type) -> None:
-    optimizer = build_optimizer(tiny_model, parse_args(MODEL_FLAGS + [f"--optimizer={name}", "--lr=0.003"]))
+    optimizer = build_optimizer(tiny_model, OptimizerSettings(optimizer=name, lr=0.003))
     assert type(optimizer) is cls
     assert all(group["lr"] == 0.003 and group["amsgrad"] for group in optimizer.param_groups)
 
@@ -446,7 +446,7 @@ def make_trainer(tmp_path: Path, model: MACE, configs: List[Configuration], *fla
     ])
     datasets = Datasets(train=configs[:2], valid=configs[2:4])
     torch.manual_seed(args.seed)
-    return build_trainer(args, model, datasets, RunPaths.from_args(args), torch.device("cpu"))
+    return build_trainer(args, model, datasets, RunPaths.from_args(args), torch.device("cpu"), defining_settings(args))
 
 
 def eval_lines(trainer: Trainer) -> List[dict]:
@@ -608,7 +608,9 @@ def test_a_restored_run_shuffles_and_ends_bitwise_as_the_uninterrupted_one(tmp_p
             "--ema", "--max_num_epochs=3", "--keep_checkpoints",
         ])
         datasets = Datasets(train=configs[:6], valid=configs[6:])
-        return build_trainer(args, copy.deepcopy(tiny_template), datasets, RunPaths.from_args(args), torch.device("cpu"))
+        return build_trainer(
+            args, copy.deepcopy(tiny_template), datasets, RunPaths.from_args(args), torch.device("cpu"), defining_settings(args)
+        )
 
     whole = trainer_in(tmp_path / "whole")
     whole.run()

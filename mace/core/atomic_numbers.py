@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
-from mace.tools.errors import UserInputError
+from mace.core.errors import UserInputError
 
 
 def _symbol(z: int) -> str:

@@ -19,8 +19,8 @@ from torch_ema import ExponentialMovingAverage
 from mace.data import batch_to_device
 from mace.data.loader import restore_shuffle_state, shuffle_state
 from mace.modules.loss import needs_stress, needs_virials
-from mace.tools.checkpoint import CheckpointHandler
-from mace.tools.metrics import ErrorAccumulator, evaluation_summary
+from mace.training.checkpoint import CheckpointHandler
+from mace.training.metrics import ErrorAccumulator, evaluation_summary
 
 
 class TrainingDivergedError(RuntimeError):
@@ -38,11 +38,13 @@ class OutputRequest:
         return {"compute_force": True, "compute_stress": self.stress, "compute_virials": self.virials}
 
 
-def output_request_for(loss_fn: torch.nn.Module, error_table: str) -> OutputRequest:
-    wants_stress_table = error_table == "PerAtomRMSEstressvirials"
+def output_request_for(loss_fn: torch.nn.Module, error_table: str, compute_stress: bool = False) -> OutputRequest:
+    """Stress and virials when the loss or the error table needs them, or when asked for
+    (--compute_stress: their errors then join the evaluation metrics)."""
+    wants_stress = error_table == "PerAtomRMSEstressvirials" or compute_stress
     return OutputRequest(
-        stress=needs_stress(loss_fn) or wants_stress_table,
-        virials=needs_virials(loss_fn) or wants_stress_table,
+        stress=needs_stress(loss_fn) or wants_stress,
+        virials=needs_virials(loss_fn) or wants_stress,
     )
 
 
@@ -74,6 +76,7 @@ class LoopSettings:
     patience: int
     clip_grad: Optional[float]
     error_table: str
+    compute_stress: bool = False
 
 
 @dataclass
@@ -250,7 +253,7 @@ class Trainer:
         )
 
     def run(self) -> None:
-        request = output_request_for(self.loss_fn, self.settings.error_table)
+        request = output_request_for(self.loss_fn, self.settings.error_table, self.settings.compute_stress)
         epoch = self.progress.epoch
         epoch_times = []
         while epoch < self.settings.max_num_epochs:
@@ -339,9 +342,14 @@ class Trainer:
         return tuple(self.checkpoints.path(epoch, stage == "swa") for stage, (_, epoch) in self.progress.best.items())
 
     def _write_result(self, record: Dict[str, Any]) -> None:
-        self.results_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.results_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_result(self.results_path, record)
+
+
+def append_result(path: Path, record: Dict[str, Any]) -> None:
+    """One JSON line of the results file (NAME_run-SEED_train.txt), which programs read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
 
 
 def _eta(epoch_times: list, remaining_epochs: int) -> str:

@@ -9,7 +9,7 @@ from typing import Callable, Iterable, List, Optional, Union
 
 import torch
 
-from mace.tools.errors import UserInputError
+from mace.core.errors import UserInputError
 
 PathLike = Union[str, os.PathLike]
 

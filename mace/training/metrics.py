@@ -43,18 +43,18 @@ class ErrorAccumulator:
         energy = _concat(self.energy_errors)
         if energy.size:
             per_atom = energy / _concat(self.atoms_per_graph)
-            result.update(_mae_rmse("e", energy))
-            result.update(_mae_rmse("e_per_atom", per_atom))
+            result.update(mae_rmse("e", energy))
+            result.update(mae_rmse("e_per_atom", per_atom))
         forces = _concat(self.forces_errors)
         if forces.size:
-            result.update(_mae_rmse("f", forces))
+            result.update(mae_rmse("f", forces))
             reference = _concat(self.forces_reference)
             result["rel_mae_f"] = 100.0 * result["mae_f"] / max(float(np.mean(np.abs(reference))), 1e-30)
             result["rel_rmse_f"] = 100.0 * result["rmse_f"] / max(float(np.sqrt(np.mean(reference**2))), 1e-30)
         for name, errors in (("stress", self.stress_errors), ("virials_per_atom", self.virials_errors)):
             values = _concat(errors)
             if values.size:
-                result.update(_mae_rmse(name, values))
+                result.update(mae_rmse(name, values))
         return result
 
 
@@ -66,7 +66,8 @@ def _concat(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0)
 
 
-def _mae_rmse(name: str, errors: np.ndarray) -> Dict[str, float]:
+def mae_rmse(name: str, errors: np.ndarray) -> Dict[str, float]:
+    """``mae_<name>`` and ``rmse_<name>`` of an array of errors (any shape), in the errors' unit."""
     return {f"mae_{name}": float(np.mean(np.abs(errors))), f"rmse_{name}": float(np.sqrt(np.mean(errors**2)))}
 
 

@@ -4,7 +4,7 @@ import random
 import numpy as np
 import torch
 
-from mace.tools.errors import UserInputError
+from mace.core.errors import UserInputError
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from mace.tools.atomic_numbers import AtomicNumberTable, atomic_number_table_from_zs, to_one_hot
-from mace.tools.errors import UserInputError
+from mace.core.atomic_numbers import AtomicNumberTable, atomic_number_table_from_zs, to_one_hot
+from mace.core.errors import UserInputError
 
 
 def test_table_is_sorted_and_unique():

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import List, Optional, Sequence, Tuple, Type
 
-from mace.tools.errors import UserInputError
+from mace.core.errors import UserInputError
 
 
 def _owner_line() -> str:

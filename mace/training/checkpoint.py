@@ -2,7 +2,7 @@
 
 Each file holds everything needed to resume (model, optimiser, schedulers, EMA, epoch,
 best-loss bookkeeping, shuffling state) and the run's defining settings (``run_settings``,
-see :mod:`mace.tools.restart`). It is written atomically, so a run killed at any moment
+see :mod:`mace.training.restart`). It is written atomically, so a run killed at any moment
 leaves only complete checkpoints. All of it is plain data (state dicts of tensors, numbers,
 strings, lists, tuples and dicts), so a checkpoint is read with ``weights_only=True``,
 allowing no globals beyond torch's own: a file that names any code is refused, never run.
@@ -14,8 +14,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from mace.tools.errors import UserInputError, one_line
-from mace.tools.files import atomic_torch_save
+from mace.core.errors import UserInputError, one_line
+from mace.core.files import atomic_torch_save
 
 _FILE_PATTERN = re.compile(r"_epoch-(\d+)(_swa)?\.pt$")
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # how torch's weights-only refusal names it

@@ -4,12 +4,13 @@ The flag names, defaults and choices are those of upstream MACE 0.3.5, so that e
 training commands run unchanged. Flags for features this fork does not implement are
 still *accepted by the parser* (so that a user gets a message that says what is missing
 rather than "unrecognized argument"), then rejected by :func:`parse_args` with a clear
-error. On top of upstream's flags come the fine-tuning adapter flags (``--adapter``,
-``--mmea_*``, ``--elora_*``), whose values are resolved together with the reference
-implementation's environment knobs by :func:`resolve_adapter_settings`.
+error. On top of upstream's flags come the fine-tuning adapter flags (``--adapter`` and the
+settings of each method), built from the adapter registry (``mace.adapters.registry``) and
+resolved with the reference implementation's environment knobs by
+``mace.adapters.settings``.
 
-Public API: :func:`build_parser`, :func:`parse_args`, :func:`resolve_adapter_settings`,
-:class:`AdapterSettings`, :class:`UserInputError` (re-exported from ``mace.tools.errors``);
+Public API: :func:`build_parser`, :func:`parse_args`, :func:`adapter_settings`,
+:class:`UserInputError` (re-exported from ``mace.core.errors``);
 :func:`defining_settings` and :data:`RESTART_MAY_CHANGE` (what a restart must keep);
 the steps of :func:`parse_args` (:func:`config_file_defaults`,
 :func:`apply_channel_override`, :func:`resolve_start_swa`);
@@ -27,20 +28,18 @@ import logging
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from e3nn import o3
 
-from mace.tools.errors import UserInputError  # shared with data and model loading
+from mace.adapters.registry import METHODS
+from mace.adapters.settings import AdapterSettings, adapter_knobs, resolve_adapter_settings
+from mace.core.errors import UserInputError  # shared with data and model loading
 
-ADAPTER_METHODS = ("mmea", "elora", "none")
-MMEA_INIT_CHOICES = ("zero", "normal")
-MMEA_PHI_CHOICES = ("exp", "res")
-DEFAULT_MMEA_RANK = 16
-DEFAULT_MMEA_PHI = "exp"
-DEFAULT_MMEA_NORMAL_STD = 0.001
+# Label keys of models this fork does not have: only their upstream defaults are accepted.
+UNUSED_KEYS = {"dipole_key": "dipole", "charges_key": "charges"}
 SUPPORTED_SCHEDULERS = ("ReduceLROnPlateau", "ExponentialLR")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -107,17 +106,20 @@ def parse_atomic_numbers(text: Optional[str]) -> Optional[List[int]]:
     return sorted(set(numbers))
 
 
+def _number_mapping(raw: Mapping[Any, Any], key: Callable[[Any], Any], message: str) -> Dict[Any, float]:
+    """``{key(k): float(v)}``; ``message`` is the error when a key or value does not convert."""
+    try:
+        return {key(k): float(value) for k, value in raw.items()}
+    except (TypeError, ValueError) as exc:
+        raise UserInputError(message) from exc
+
+
 def parse_config_type_weights(text: str) -> Dict[str, float]:
     """Loss weight per ``config_type`` label, from a dict literal such as ``{"Default": 1.0}``."""
     weights = _literal(text, "--config_type_weights")
     if not isinstance(weights, dict):
         raise UserInputError(f"--config_type_weights: expected a dict literal, got {text!r}")
-    try:
-        parsed = {str(key): float(value) for key, value in weights.items()}
-    except (TypeError, ValueError) as exc:
-        raise UserInputError(
-            f"--config_type_weights: weights must be numbers, got {text!r}"
-        ) from exc
+    parsed = _number_mapping(weights, str, f"--config_type_weights: weights must be numbers, got {text!r}")
     if not all(math.isfinite(weight) and weight >= 0 for weight in parsed.values()):
         raise UserInputError(f"--config_type_weights: weights must be finite and non-negative, got {text!r}")
     return parsed
@@ -136,12 +138,7 @@ FOUNDATION_E0_KEYWORDS = ("estimated", "foundation")
 
 def _e0s_dict(raw: Mapping[Any, Any], origin: str) -> Dict[int, float]:
     """Normalise an E0 mapping (JSON keys arrive as strings) to ``{Z: energy}``."""
-    try:
-        e0s = {int(key): float(value) for key, value in raw.items()}
-    except (TypeError, ValueError) as exc:
-        raise UserInputError(
-            f"--E0s: {origin} must map atomic numbers to energies in eV"
-        ) from exc
+    e0s = _number_mapping(raw, int, f"--E0s: {origin} must map atomic numbers to energies in eV")
     if not all(math.isfinite(energy) for energy in e0s.values()):
         raise UserInputError(f"--E0s: {origin} holds an energy that is NaN or inf")
     return e0s
@@ -219,7 +216,9 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     _value(g, "--model_dir", str, ".", "Folder where the final NAME.model is written.")
     _value(g, "--checkpoints_dir", str, "checkpoints", "Folder for training checkpoints.")
     _value(g, "--results_dir", str, "results", "Folder for the JSON lines of metrics.")
-    _value(g, "--downloads_dir", str, "downloads", "Folder for files fetched during a run.")
+    _value(g, "--downloads_dir", str, "downloads",
+           "Folder for the published foundation models a run downloads, when given; without it "
+           "they go to the cache ($MACE_CACHE, else ~/.cache/mace).")
     _value(g, "--device", str, "cpu",
            "Where to train; 'cuda' needs a CUDA build of torch and a visible GPU "
            "('mps' is not supported).", choices=["cpu", "cuda", "mps"])
@@ -280,8 +279,11 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
            "Normaliser of the neighbour sum when it is not measured on the data.")
     _value(g, "--compute_avg_num_neighbors", str2bool, True,
            "Measure the average neighbour count on the training set (true/false).")
-    _value(g, "--compute_stress", str2bool, False, "Also predict stress and virials (true/false).")
-    _value(g, "--compute_forces", str2bool, True, "Predict forces (true/false).")
+    _value(g, "--compute_stress", str2bool, False,
+           "Also predict stress and virials at every evaluation, adding their errors to the "
+           "metrics (on anyway when the loss or --error_table needs them; true/false).")
+    _value(g, "--compute_forces", str2bool, True,
+           "Predict forces (true/false); every loss here trains on forces, so only true is accepted.")
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -296,9 +298,9 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     _value(g, "--test_dir", str, None, "Folder of test files, each evaluated after training.")
     _value(g, "--multi_processed_test", str2bool, False,
            "Load test sets with worker processes (not supported here).")
-    _value(g, "--num_workers", int, 0, "Data-loader worker processes.")
+    _value(g, "--num_workers", int, 0, "Processes that collate training batches (0: this process).")
     _value(g, "--pin_memory", str2bool, True,
-           "Page-lock loader batches for faster copies to the GPU (true/false).")
+           "Page-lock training batches for faster copies to the GPU; with --device cpu it does nothing (true/false).")
     _value(g, "--atomic_numbers", str, None,
            "Elements the model covers, as a list literal like '[1, 6, 8]'; default: the data's.")
     _value(g, "--mean", float, None, "Energy shift of ScaleShiftMACE; default: from the data.")
@@ -315,8 +317,10 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     _value(g, "--forces_key", str, "forces", "Array key of the reference forces.")
     _value(g, "--virials_key", str, "virials", "Info key of the reference virials.")
     _value(g, "--stress_key", str, "stress", "Info key of the reference stress.")
-    _value(g, "--dipole_key", str, "dipole", "Info key of the reference dipole.")
-    _value(g, "--charges_key", str, "charges", "Array key of the atomic charges.")
+    _value(g, "--dipole_key", str, UNUSED_KEYS["dipole_key"],
+           "Info key of the reference dipole (dipole models are not supported: only the default is accepted).")
+    _value(g, "--charges_key", str, UNUSED_KEYS["charges_key"],
+           "Array key of the atomic charges (charge models are not supported: only the default is accepted).")
 
 
 def _add_loss_flags(parser: argparse.ArgumentParser) -> None:
@@ -392,25 +396,13 @@ def _add_finetuning_flags(parser: argparse.ArgumentParser) -> None:
     _switch(g, "--trust_pickle", False,
             "Unpickle --foundation_model without the safe loader's restrictions, so it can run any "
             "code it names: only for a file you trust (README, 'What is safe to load').")
-    _value(g, "--adapter", str, None,
-           "How to fine-tune a foundation model: 'mmea' (magnitude-modulated equivariant "
-           "adapter; the default with --foundation_model), 'elora' (equivariant low-rank "
-           "updates) or 'none' (train every weight; the default without a foundation model).",
-           choices=list(ADAPTER_METHODS))
-    _value(g, "--mmea_rank", int, None,
-           f"Width of the MMEA gate MLP; default: $MMEA_RANK, else {DEFAULT_MMEA_RANK}.")
-    _value(g, "--mmea_std", float, None,
-           "Std of a normal init of the scalar-branch weights W_a; default: $MMEA_STD, else "
-           "unset (W_a keeps torch's Linear init). 0 means zeros.")
-    _value(g, "--mmea_init", str, None,
-           "Init of the scalar-branch weights W_a: 'zero', or 'normal' with std --mmea_std "
-           f"({DEFAULT_MMEA_NORMAL_STD} when unset); default: decided by --mmea_std/$MMEA_STD.",
-           choices=list(MMEA_INIT_CHOICES))
-    _value(g, "--mmea_phi", str, None,
-           "Gate form: 'exp' scales a channel by exp(s), 'res' by 1+s; default: $MMEA_PHI, "
-           f"else '{DEFAULT_MMEA_PHI}'.", choices=list(MMEA_PHI_CHOICES))
-    _value(g, "--elora_rank", int, 16, "Rank of the ELoRA low-rank updates.")
-    _value(g, "--elora_alpha", float, 16.0, "ELoRA scale numerator: updates carry alpha / rank.")
+    methods = "; ".join(f"'{name}': {method.summary}" for name, method in METHODS.items())
+    _value(g, "--adapter", str, None, f"How to fine-tune a foundation model: {methods}.",
+           choices=list(METHODS))
+    for flag, (default, knob) in adapter_knobs().items():
+        fallback = f"${knob.env}, else {default}" if knob.env else f"{default}"
+        _value(g, f"--{flag}", knob.kind, None, f"{knob.help} Default: {fallback}.",
+               choices=None if knob.choices is None else list(knob.choices))
 
 
 def _add_wandb_flags(parser: argparse.ArgumentParser) -> None:
@@ -589,6 +581,12 @@ def _unsupported_feature_errors(args: argparse.Namespace) -> Iterator[str]:
         yield f"--radial_type {args.radial_type} is not supported: only bessel is implemented"
     if args.multi_processed_test:
         yield "--multi_processed_test True is not supported: test sets are loaded in one process"
+    if not args.compute_forces:
+        yield ("--compute_forces False is not supported: every loss of this fork trains on "
+               "forces, so they are always predicted")
+    for flag, default in UNUSED_KEYS.items():
+        if getattr(args, flag) != default:
+            yield f"--{flag} {getattr(args, flag)} is not supported: this fork has no dipole or charge models"
     if args.statistics_file is not None:
         yield ("--statistics_file is not supported yet: statistics are computed from the "
                "training data")
@@ -713,128 +711,11 @@ def resolve_start_swa(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AdapterSettings:
-    """Fine-tuning method and its hyper-parameters, after flags and environment are merged.
-
-    ``mmea_init`` is None (keep torch's Linear init for W_a), 'zero' or 'normal'
-    (W_a ~ N(0, mmea_std)); whenever it is 'normal', ``mmea_std`` is a positive float.
-    """
-
-    method: str
-    mmea_rank: int
-    mmea_std: Optional[float]
-    mmea_init: Optional[str]
-    mmea_phi: str
-    elora_rank: int
-    elora_alpha: float
-
-
-def _env_value(environ: Mapping[str, str], name: str) -> Optional[str]:
-    """An environment variable's value, with unset and blank both meaning 'not given'."""
-    value = environ.get(name)
-    return value.strip() if value is not None and value.strip() else None
-
-
-def _flag_or_env_number(
-    flag: Optional[float], environ: Mapping[str, str], flag_name: str, env_name: str, convert: type
-) -> Tuple[Optional[float], str]:
-    """The flag's value, else the environment variable's (converted), with where it came from."""
-    if flag is not None:
-        return flag, flag_name
-    text = _env_value(environ, env_name)
-    if text is None:
-        return None, env_name
-    try:
-        return convert(text), f"environment variable {env_name}"
-    except ValueError as exc:
-        kind = "an integer" if convert is int else "a number"
-        raise UserInputError(f"environment variable {env_name}={text!r} is not {kind}") from exc
-
-
-def _resolve_mmea_rank(flag: Optional[int], environ: Mapping[str, str]) -> int:
-    """--mmea_rank, else $MMEA_RANK, else the reference default."""
-    rank, origin = _flag_or_env_number(flag, environ, "--mmea_rank", "MMEA_RANK", int)
-    if rank is None:
-        return DEFAULT_MMEA_RANK
-    if rank <= 0:
-        raise UserInputError(f"{origin} must be a positive integer, got {rank}")
-    return rank
-
-
-def _resolve_mmea_std(flag: Optional[float], environ: Mapping[str, str]) -> Optional[float]:
-    """--mmea_std, else $MMEA_STD, else unset (None)."""
-    std, origin = _flag_or_env_number(flag, environ, "--mmea_std", "MMEA_STD", float)
-    if std is not None and not 0.0 <= std < math.inf:  # also rejects NaN
-        raise UserInputError(f"{origin} must be a finite non-negative number, got {std}")
-    return std
-
-
-def _resolve_mmea_phi(flag: Optional[str], environ: Mapping[str, str]) -> str:
-    """--mmea_phi, else $MMEA_PHI, else 'exp'."""
-    if flag is not None:
-        return flag
-    text = _env_value(environ, "MMEA_PHI")
-    if text is None:
-        return DEFAULT_MMEA_PHI
-    if text.lower() not in MMEA_PHI_CHOICES:
-        raise UserInputError(
-            f"environment variable MMEA_PHI={text!r} is not one of {', '.join(MMEA_PHI_CHOICES)}"
-        )
-    return text.lower()
-
-
-def _resolve_mmea_init(
-    init: Optional[str], std: Optional[float]
-) -> Tuple[Optional[str], Optional[float]]:
-    """Decide how W_a starts: explicit --mmea_init wins, else the std decides (0 -> zeros)."""
-    if init == "zero":
-        return "zero", std
-    if init == "normal":
-        std = DEFAULT_MMEA_NORMAL_STD if std is None else std
-        if std <= 0.0:
-            raise UserInputError("--mmea_init normal needs a positive --mmea_std (or MMEA_STD)")
-        return "normal", std
-    if std is None:
-        return None, None
-    return ("normal" if std > 0.0 else "zero"), std
-
-
-def _resolve_method(adapter: Optional[str], foundation_model: Optional[str]) -> str:
-    """Default to MMEA when fine-tuning, to no adapter otherwise; adapters need a base model."""
-    if adapter is None:
-        return "mmea" if foundation_model else "none"
-    if adapter != "none" and not foundation_model:
-        raise UserInputError(
-            f"--adapter {adapter} needs --foundation_model: adapters fine-tune a pretrained model"
-        )
-    return adapter
-
-
-def resolve_adapter_settings(
-    args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None
-) -> AdapterSettings:
-    """Merge adapter flags with MMEA_RANK / MMEA_STD / MMEA_PHI; a flag always wins.
-
-    Raises UserInputError naming the flag or environment variable at fault.
-    """
+def adapter_settings(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None) -> AdapterSettings:
+    """The method and its settings from the adapter flags and the MMEA_* variables (a flag
+    always wins); UserInputError names the flag or variable at fault."""
     environ = os.environ if environ is None else environ
-    method = _resolve_method(args.adapter, args.foundation_model)
-    std = _resolve_mmea_std(args.mmea_std, environ)
-    init, std = _resolve_mmea_init(args.mmea_init, std)
-    if args.elora_rank <= 0:
-        raise UserInputError(f"--elora_rank must be a positive integer, got {args.elora_rank}")
-    if not 0.0 < args.elora_alpha < math.inf:
-        raise UserInputError(f"--elora_alpha must be a finite positive number, got {args.elora_alpha}")
-    return AdapterSettings(
-        method=method,
-        mmea_rank=_resolve_mmea_rank(args.mmea_rank, environ),
-        mmea_std=std,
-        mmea_init=init,
-        mmea_phi=_resolve_mmea_phi(args.mmea_phi, environ),
-        elora_rank=args.elora_rank,
-        elora_alpha=float(args.elora_alpha),
-    )
+    return resolve_adapter_settings(args.adapter, bool(args.foundation_model), vars(args), environ)
 
 
 # --------------------------------------------------------------------------------------
@@ -856,10 +737,8 @@ RESTART_MAY_CHANGE = frozenset({
 def defining_settings(args: argparse.Namespace) -> Dict[str, Any]:
     """Every flag but :data:`RESTART_MAY_CHANGE`, with the adapter flags as resolved from the
     MMEA_* variables too: what a resumed run must share with its checkpoint (plain data)."""
-    flags = {flag: value for flag, value in vars(args).items() if flag not in RESTART_MAY_CHANGE}
-    adapter = asdict(resolve_adapter_settings(args))
-    adapter["adapter"] = adapter.pop("method")
-    return {**flags, **adapter}
+    flags = {flag: value for flag, value in vars(args).items() if flag not in RESTART_MAY_CHANGE | {"adapter_settings"}}
+    return {**flags, **args.adapter_settings.record()}
 
 
 # --------------------------------------------------------------------------------------
@@ -882,17 +761,13 @@ def _parse_with_config(
     return parser.parse_args(argv)
 
 
-def _first_error(args: argparse.Namespace, environ: Mapping[str, str]) -> Optional[str]:
+def _first_error(args: argparse.Namespace) -> Optional[str]:
     """The first problem with the parsed flags, in the order a user should fix them."""
     checks = (_required_errors, _unsupported_feature_errors, _value_errors, _literal_errors,
               _device_errors)
     for check in checks:
         for message in check(args):
             return message
-    try:
-        resolve_adapter_settings(args, environ)
-    except UserInputError as exc:
-        return str(exc)
     return None
 
 
@@ -903,8 +778,8 @@ def parse_args(
 
     Steps: read flags (with ``--config`` values as defaults), rebuild ``hidden_irreps``
     from ``--num_channels``/``--max_L``, fill ``start_swa`` when ``--swa`` is on, then
-    reject missing, unsupported or impossible values. Adapter flags stay as given; call
-    :func:`resolve_adapter_settings` for their merged values.
+    reject missing, unsupported or impossible values. The adapter flags, merged with the
+    MMEA_* variables, are resolved once into ``args.adapter_settings``.
     """
     environ = os.environ if environ is None else environ
     parser = build_parser()
@@ -913,9 +788,13 @@ def parse_args(
         apply_channel_override(args)
     except UserInputError as exc:
         parser.error(str(exc))
-    message = _first_error(args, environ)
+    message = _first_error(args)
     if message is not None:
         parser.error(message)
+    try:
+        args.adapter_settings = adapter_settings(args, environ)
+    except UserInputError as exc:
+        parser.error(str(exc))
     args.log_level = args.log_level.upper()
     resolve_start_swa(args)
     if args.interaction_first is None:

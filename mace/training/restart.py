@@ -1,7 +1,7 @@
 """--restart_latest: resume a run from its newest readable checkpoint, and only the same run.
 
 Every checkpoint records the run's defining settings
-(:func:`mace.tools.arg_parser.defining_settings`: each run_train flag except those that may
+(:func:`mace.cli.arg_parser.defining_settings`: each run_train flag except those that may
 change on restart, with the adapter settings as resolved from the flags and the MMEA_*
 environment variables). A restart whose settings differ is refused, naming each
 difference, instead of failing inside ``load_state_dict`` or silently training with the
@@ -15,10 +15,10 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from mace.tools.checkpoint import CheckpointHandler
-from mace.tools.errors import UserInputError, one_line
-from mace.tools.files import atomic_write
-from mace.tools.train import Trainer
+from mace.training.checkpoint import CheckpointHandler
+from mace.core.errors import UserInputError, one_line
+from mace.core.files import atomic_write
+from mace.training.train import Trainer
 
 Resumable = Tuple[Path, Dict[str, Any]]
 

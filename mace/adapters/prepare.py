@@ -5,31 +5,29 @@ it, warn where command-line architecture flags disagree with it (the foundation'
 architecture wins), keep only the data's elements, set the E0s, optionally re-initialise
 the readouts, and finally inject the adapters that decide what trains.
 """
-import argparse
 import dataclasses
 import logging
 import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from e3nn import o3
 
-from mace.adapters import count_trainable, inject_adapters, mmea_banner, train_readouts, trainable_parameter_table
-from mace.adapters.config import ELoRAConfig, MMEAConfig
+from mace.adapters import METHODS, count_trainable, inject_adapters, train_readouts, trainable_parameter_table
+from mace.adapters.foundation import restrict_to_elements, set_e0s
+from mace.adapters.settings import AdapterSettings
 from mace.modules.blocks import LinearReadoutBlock, NonLinearReadoutBlock
 from mace.modules.loading import load_model
 from mace.data.configuration import Configuration, compute_average_e0s
 from mace.modules.models import MACE
-from mace.tools.arg_parser import AdapterSettings
-from mace.tools.errors import UserInputError
-from mace.tools.files import atomic_write, record_or_check_sha256
-from mace.tools.atomic_numbers import AtomicNumberTable
-from mace.tools.foundation import restrict_to_elements, set_e0s
-from mace.tools.predict import predict
-from mace.tools.statistics import format_e0s, resolve_e0s
+from mace.core.atomic_numbers import AtomicNumberTable
+from mace.core.errors import UserInputError
+from mace.core.files import atomic_write, record_or_check_sha256
+from mace.data.statistics import format_e0s, resolve_e0s
+from mace.modules.predict import predict
 
 PUBLISHED_MODELS: Dict[str, str] = {
     "small": "https://github.com/ACEsuit/mace-mp/releases/download/mace_mp_0/2023-12-10-mace-128-L0_energy_epoch-249.model",
@@ -45,8 +43,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MACE_CACHE", Path.home() / ".cache" / "mace"))
 
 
-def resolve_foundation_path(name_or_path: str) -> Path:
-    """A model file path; published names ('medium', 'medium_off', ...) are downloaded once."""
+def resolve_foundation_path(name_or_path: str, downloads: Optional[Path] = None) -> Path:
+    """A model file path; published names ('medium', 'medium_off', ...) are downloaded once,
+    into ``downloads`` (default: :func:`cache_dir`)."""
     path = Path(name_or_path)
     if path.is_file() or name_or_path not in PUBLISHED_MODELS:
         if not path.is_file():
@@ -55,7 +54,7 @@ def resolve_foundation_path(name_or_path: str) -> Path:
             )
         return path
     url = PUBLISHED_MODELS[name_or_path]
-    cached = cache_dir() / url.rsplit("/", 1)[-1]
+    cached = (cache_dir() if downloads is None else downloads) / url.rsplit("/", 1)[-1]
     if not cached.is_file():
         logging.info("Downloading foundation model '%s' from %s to %s", name_or_path, url, cached)
         try:
@@ -85,13 +84,13 @@ def foundation_architecture(model: MACE) -> Dict[str, object]:
     }
 
 
-def warn_architecture_mismatch(args: argparse.Namespace, model: MACE, explicit_flags: Sequence[str]) -> None:
-    """Flags given on the command line that the foundation's architecture overrides."""
+def warn_architecture_mismatch(given: Mapping[str, Any], model: MACE) -> None:
+    """Architecture flags given on the command line (flag -> value) that the foundation overrides."""
     for flag, value in foundation_architecture(model).items():
-        if flag in explicit_flags and getattr(args, flag, None) is not None and getattr(args, flag) != value:
+        if given.get(flag) is not None and given[flag] != value:
             logging.warning(
                 "--%s=%s differs from the foundation model (%s); the foundation's architecture is used",
-                flag, getattr(args, flag), value,
+                flag, given[flag], value,
             )
 
 
@@ -106,36 +105,21 @@ def reinitialise_readouts(model: MACE) -> None:
         model.readouts[index] = fresh.to(dtype=model.r_max.dtype, device=model.r_max.device)
 
 
-def adapter_config(settings: AdapterSettings):
-    if settings.method == "mmea":
-        return MMEAConfig(
-            rank=settings.mmea_rank,
-            std=settings.mmea_std,
-            init=settings.mmea_init,
-            phi=settings.mmea_phi,
-            lora_rank=settings.elora_rank,
-            lora_alpha=settings.elora_alpha,
-        )
-    if settings.method == "elora":
-        return ELoRAConfig(rank=settings.elora_rank, alpha=settings.elora_alpha)
-    return None
-
-
 def prepare_foundation(
-    args: argparse.Namespace,
     foundation_path: Path,
     atomic_numbers: List[int],
-    explicit_flags: Sequence[str],
     device: torch.device,
+    keep_readouts: bool = True,
+    trust_pickle: bool = False,
+    given_architecture: Optional[Mapping[str, Any]] = None,
 ) -> MACE:
-    """Foundation restricted to the data's elements (readouts re-initialised if asked)."""
-    foundation = load_model(
-        foundation_path, device=str(device), dtype=torch.get_default_dtype(), trust_pickle=args.trust_pickle
-    )
+    """Foundation restricted to the data's elements (readouts re-initialised unless kept);
+    ``given_architecture``: flag values the user typed, warned about where the file differs."""
+    foundation = load_model(foundation_path, device=str(device), dtype=torch.get_default_dtype(), trust_pickle=trust_pickle)
     logging.info("Foundation model %s: %s", foundation_path, foundation_architecture(foundation))
-    warn_architecture_mismatch(args, foundation, explicit_flags)
+    warn_architecture_mismatch(given_architecture or {}, foundation)
     model = restrict_to_elements(foundation, atomic_numbers)
-    if not args.foundation_model_readout:
+    if not keep_readouts:
         reinitialise_readouts(model)
     return model
 
@@ -185,12 +169,12 @@ def set_finetuning_e0s(
 
 def apply_adapters(model: MACE, settings: AdapterSettings, readouts_trained: bool) -> MACE:
     """Inject the chosen adapter, announce it and log where the trainable parameters are."""
-    config = adapter_config(settings)
-    if settings.method == "mmea":
-        banner = mmea_banner(settings.mmea_rank)
+    method = METHODS[settings.method]
+    if method.banner is not None:
+        banner = method.banner(settings.config)
         print(banner, flush=True)
         logging.info("\n%s", banner)
-    model = inject_adapters(model, settings.method, config)
+    model = inject_adapters(model, settings.method, settings.config)
     if readouts_trained:
         train_readouts(model)
     total = sum(p.numel() for p in model.parameters())

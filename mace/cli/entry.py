@@ -5,7 +5,7 @@ import logging
 import sys
 from typing import Callable
 
-from mace.tools.errors import UserInputError
+from mace.core.errors import UserInputError
 
 
 def run_cli(command: Callable[[], int]) -> int:

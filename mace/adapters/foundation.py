@@ -24,7 +24,7 @@ from e3nn import o3
 
 from mace.modules.models import MACE
 from mace.modules.symmetric_contraction import Contraction
-from mace.tools.errors import UserInputError
+from mace.core.errors import UserInputError
 
 
 def _symbols(zs: Sequence[int]) -> str:
