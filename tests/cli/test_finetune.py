@@ -112,6 +112,29 @@ def test_published_name_offline_is_a_clear_error(monkeypatch, tmp_path: Path) ->
         resolve_foundation_path(str(tmp_path / "absent.model"))
 
 
+class _FakeResponse:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self) -> bytes:
+        return self.data
+
+    def __enter__(self) -> "_FakeResponse":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_a_published_model_goes_to_the_downloads_folder_when_one_is_given(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MACE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("urllib.request.urlopen", lambda *args, **kwargs: _FakeResponse(b"model bytes"))
+    path = resolve_foundation_path("small_off", tmp_path / "downloads")
+    assert path.parent == tmp_path / "downloads" and path.read_bytes() == b"model bytes"
+    assert not (tmp_path / "cache").exists()
+    assert resolve_foundation_path("small_off").parent == tmp_path / "cache"
+
+
 def test_estimated_e0s_remove_the_foundations_mean_energy_error(shared_dir: Path, workdir: Path) -> None:
     from mace.data import load_from_xyz
     from mace.core.atomic_numbers import AtomicNumberTable
