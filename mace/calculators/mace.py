@@ -1,78 +1,298 @@
-"""An ASE calculator for MACE models: energies, forces and stress for MD and relaxations."""
-from typing import List, Optional, Union
+"""An ASE calculator for MACE model files: energies, forces and stress for MD and relaxations,
+committees of several models, and per-atom descriptors.
+
+Behaves as upstream's ``mace.calculators.MACECalculator`` (0.3.x) does for energy models, as
+a user's script sees it: the same arguments and the same ``results`` keys. What this version
+does not implement (torch.compile, dipole model types, cuEquivariance) is refused with an
+error that says so, never silently ignored; see docs/compat.md, "Python API".
+"""
+import glob
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
+from e3nn import o3
 
-from mace.data import config_from_atoms
+from mace.core.errors import UserInputError
+from mace.data import Configuration, batch_to_device, collate_graphs, config_from_atoms
 from mace.modules.loading import load_model
-from mace.modules.predict import predict
-from mace.core.torch_setup import dtype_from_name, select_device
+from mace.modules.predict import Prediction, model_graphs, predict
+
+PathLike = Union[str, Path]
+
+# The head name upstream gives a model that has no ``heads`` attribute (one head).
+DEFAULT_HEAD = "Default"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+SCALAR = o3.Irrep("0e")
+
+
+class CalculatorInputError(UserInputError, ValueError):
+    """A bad argument to the calculator (or a helper such as ``mace_mp``): a ValueError,
+    as upstream raises, and a UserInputError, as the rest of this package raises."""
+
+
+class UnsupportedOptionError(UserInputError, NotImplementedError):
+    """An upstream option that this version does not implement (refused, never ignored)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``""``: CUDA when available, else the CPU (as upstream's helpers); ``cpu``, ``cuda``, ``cuda:N``."""
+    if name == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise CalculatorInputError(f"device='{name}' was requested but CUDA is not available on this machine")
+        return torch.device(name)
+    raise CalculatorInputError(f"device must be 'cpu', 'cuda', 'cuda:N' or '' (CUDA if available), not '{name}'")
+
+
+def model_file_paths(model_paths: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
+    """The model files named by ``model_paths``: a path, a list of paths, or (as upstream) a
+    glob pattern such as ``"committee/mace_*.model"`` (matches taken in sorted order)."""
+    if isinstance(model_paths, (list, tuple)):
+        paths = [Path(p) for p in model_paths]
+        if not paths:
+            raise CalculatorInputError("model_paths is an empty list: give at least one model file")
+        return paths
+    if isinstance(model_paths, Path) or Path(model_paths).is_file():
+        return [Path(model_paths)]
+    matches = sorted(glob.glob(str(model_paths)))
+    if not matches:
+        raise CalculatorInputError(f"model_paths='{model_paths}': no model file exists there or matches that pattern")
+    return [Path(p) for p in matches]
+
+
+def model_heads(model: torch.nn.Module) -> List[str]:
+    """Head names: upstream's newer files carry ``heads``; older files and ours have one head."""
+    heads = getattr(model, "heads", None)
+    return [str(h) for h in heads] if heads else [DEFAULT_HEAD]
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    return model.r_max.dtype
+
+
+def node_e0s(model: torch.nn.Module, atomic_numbers: np.ndarray) -> np.ndarray:
+    """Each atom's isolated-atom energy E0 in the model (its first, and here only, head)."""
+    table = torch.atleast_2d(model.atomic_energies_fn.atomic_energies)[0].detach().cpu().numpy()
+    index = {int(z): i for i, z in enumerate(model.atomic_numbers.tolist())}
+    return np.array([table[index[int(z)]] for z in atomic_numbers], dtype=float)
+
+
+def scalar_columns(irreps: o3.Irreps) -> List[int]:
+    """The columns of a feature vector of ``irreps`` that hold invariant (0e) channels."""
+    columns: List[int] = []
+    for (mul, irrep), block in zip(irreps, irreps.slices()):
+        if irrep == SCALAR:
+            columns.extend(range(block.start, block.stop))
+    return columns
 
 
 class MACECalculator(Calculator):
-    """ASE calculator backed by a MACE model file (or an in-memory model).
+    """ASE calculator backed by one MACE model file, or a committee of several.
 
-    Stress is computed only for periodic structures. ``energy_units_to_eV`` and
-    ``length_units_to_A`` convert a model trained in other units to ASE's eV and Angstrom.
-    ``trust_pickle=True`` reads the model file without the safe loader's restrictions: only
-    for a file you trust (see :func:`mace.modules.loading.load_model`).
+    ``model_paths``: a file, a list of files or a glob pattern (several files: a committee,
+    whose ``energy``/``forces``/``stress`` are the means, with the spread of the members in
+    ``energies``, ``energy_var``, ``forces_comm``, ``forces_var``, ``stress_comm`` and
+    ``stress_var``). ``models`` (or ``model``) gives modules already in memory instead.
+    ``default_dtype``: 'float64', 'float32', or '' for the dtype the file holds. ``head``: None
+    or the model's single head name. ``energy_units_to_eV`` and ``length_units_to_A`` convert
+    a model trained in other units to ASE's eV and Angstrom. Stress is computed only for
+    periodic structures. ``trust_pickle=True`` reads the model files without the safe
+    loader's restrictions: only for files you trust (see :func:`mace.modules.loading.load_model`).
     """
-
-    implemented_properties = ["energy", "free_energy", "node_energy", "forces", "stress"]
 
     def __init__(
         self,
-        model_paths: Union[str, List[str], None] = None,
+        model_paths: Union[PathLike, Sequence[PathLike], None] = None,
         device: str = "cpu",
-        default_dtype: str = "float64",
         energy_units_to_eV: float = 1.0,
         length_units_to_A: float = 1.0,
+        default_dtype: str = "",
+        charges_key: str = "Qs",
+        model_type: str = "MACE",
+        compile_mode: Optional[str] = None,
+        fullgraph: bool = True,
+        enable_cueq: bool = False,
+        head: Optional[str] = None,
+        models: Union[torch.nn.Module, Sequence[torch.nn.Module], None] = None,
         model: Optional[torch.nn.Module] = None,
         trust_pickle: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        dtype = dtype_from_name(default_dtype)
-        torch.set_default_dtype(dtype)
-        self.device = select_device(device)
-        if model is None:
-            path = self._single_path(model_paths)
-            model = load_model(path, device=str(self.device), dtype=dtype, trust_pickle=trust_pickle)
-        self.model = model.to(device=self.device, dtype=dtype).eval()
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(False)
+        self._refuse_unsupported(model_type, compile_mode, enable_cueq)
+        if default_dtype not in ("", *DTYPES):
+            raise CalculatorInputError(f"default_dtype must be 'float64', 'float32' or '' (the model's), not '{default_dtype}'")
+        self.device = resolve_device(device)
+        self.model_type = model_type
+        self.charges_key = charges_key  # read by dipole models only, which this version does not run
         self.energy_units_to_eV = energy_units_to_eV
         self.length_units_to_A = length_units_to_A
 
+        loaded = self._load(model_paths, models, model, DTYPES.get(default_dtype), trust_pickle)
+        dtype = DTYPES[default_dtype] if default_dtype else model_dtype(loaded[0])
+        torch.set_default_dtype(dtype)
+        self.default_dtype = "float64" if dtype == torch.float64 else "float32"
+        self.models = [m.to(device=self.device, dtype=dtype).eval() for m in loaded]
+        for member in self.models:
+            for parameter in member.parameters():
+                parameter.requires_grad_(False)
+        self.num_models = len(self.models)
+        self.available_heads = model_heads(self.models[0])
+        self.head = self._check_head(head)
+        self.r_max = float(self.models[0].r_max)
+
+        self.implemented_properties = ["energy", "free_energy", "node_energy", "forces", "stress"]
+        if self.num_models > 1:
+            logging.info("Running a committee of %d MACE models", self.num_models)
+            self.implemented_properties += [
+                "energies", "energy_comm", "energy_var", "forces_comm", "forces_var", "stress_comm", "stress_var",
+            ]
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The (first) model."""
+        return self.models[0]
+
     @staticmethod
-    def _single_path(model_paths: Union[str, List[str], None]) -> str:
-        if isinstance(model_paths, (list, tuple)):
-            if len(model_paths) != 1:
-                raise ValueError("MACECalculator takes exactly one model file")
-            return model_paths[0]
-        if model_paths is None:
-            raise ValueError("MACECalculator needs model_paths or model")
-        return model_paths
+    def _refuse_unsupported(model_type: str, compile_mode: Optional[str], enable_cueq: bool) -> None:
+        if model_type != "MACE":
+            raise UnsupportedOptionError(
+                f"model_type='{model_type}' is not supported: this version runs energy models only (model_type='MACE')"
+            )
+        if compile_mode is not None:
+            raise UnsupportedOptionError(
+                f"compile_mode='{compile_mode}': compiling the model (torch.compile or TorchScript) is not "
+                "supported yet; leave compile_mode=None"
+            )
+        if enable_cueq:
+            raise UnsupportedOptionError("enable_cueq=True: cuEquivariance acceleration is not supported; leave it False")
+
+    @staticmethod
+    def _load(
+        model_paths: Union[PathLike, Sequence[PathLike], None],
+        models: Union[torch.nn.Module, Sequence[torch.nn.Module], None],
+        model: Optional[torch.nn.Module],
+        dtype: Optional[torch.dtype],
+        trust_pickle: bool,
+    ) -> List[torch.nn.Module]:
+        if model is not None:
+            if models is not None:
+                raise CalculatorInputError("give either models or model, not both")
+            models = model
+        if (model_paths is None) == (models is None):
+            raise CalculatorInputError("give exactly one of model_paths (model files) or models (modules in memory)")
+        if models is not None:
+            members = list(models) if isinstance(models, (list, tuple)) else [models]
+            if not members:
+                raise CalculatorInputError("models is an empty list: give at least one model")
+            return members
+        return [load_model(path, dtype=dtype, trust_pickle=trust_pickle) for path in model_file_paths(model_paths)]
+
+    def _check_head(self, head: Optional[str]) -> str:
+        """Our models have one head: ``head`` must be None or its name (upstream's 'Default')."""
+        for member in self.models:
+            heads = model_heads(member)
+            if len(heads) != 1:
+                raise UnsupportedOptionError(
+                    f"the model has several heads {heads}; this version evaluates single-head models only"
+                )
+            if heads != self.available_heads:
+                raise CalculatorInputError(f"the committee's models name their head differently: {heads} and {self.available_heads}")
+        if head is not None and head != self.available_heads[0]:
+            raise CalculatorInputError(
+                f"head='{head}': the model has one head, '{self.available_heads[0]}'; "
+                f"pass head=None or head='{self.available_heads[0]}'"
+            )
+        return self.available_heads[0]
+
+    def _configuration(self, atoms: Atoms) -> Configuration:
+        """``atoms`` in the model's length unit."""
+        scaled = atoms.copy()
+        scaled.calc = None
+        scaled.set_cell(np.array(atoms.get_cell()) / self.length_units_to_A, scale_atoms=False)
+        scaled.positions = atoms.positions / self.length_units_to_A
+        return config_from_atoms(scaled)
 
     def calculate(self, atoms: Optional[Atoms] = None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        scaled = self.atoms.copy()
-        scaled.calc = None
-        scaled.set_cell(np.array(self.atoms.get_cell()) / self.length_units_to_A, scale_atoms=False)
-        scaled.positions = self.atoms.positions / self.length_units_to_A
+        config = self._configuration(self.atoms)
         periodic = bool(np.any(self.atoms.pbc))
-        (prediction,) = predict(self.model, [config_from_atoms(scaled)], batch_size=1, compute_stress=periodic)
-        energy = prediction.energy * self.energy_units_to_eV
-        self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "node_energy": prediction.node_energy * self.energy_units_to_eV,
-            "forces": prediction.forces * self.energy_units_to_eV / self.length_units_to_A,
+        predictions = [
+            predict(member, [config], batch_size=1, compute_stress=periodic)[0] for member in self.models
+        ]
+        self.results = self._results(predictions, config.atomic_numbers, periodic)
+
+    def _results(self, predictions: List[Prediction], atomic_numbers: np.ndarray, periodic: bool) -> Dict:
+        """Means over the committee (one model: its own values), and the members' spread."""
+        energy_unit = self.energy_units_to_eV
+        force_unit = energy_unit / self.length_units_to_A
+        stress_unit = energy_unit / self.length_units_to_A**3
+        energies = np.array([p.energy for p in predictions]) * energy_unit
+        forces = np.stack([p.forces for p in predictions]) * force_unit
+        # As upstream: node_energy is each atom's energy above its isolated-atom E0.
+        node_energies = np.stack(
+            [p.node_energy - node_e0s(m, atomic_numbers) for p, m in zip(predictions, self.models)]
+        ) * energy_unit
+        results = {
+            "energy": float(energies.mean()),
+            "free_energy": float(energies.mean()),
+            "node_energy": node_energies.mean(axis=0),
+            "forces": forces.mean(axis=0),
         }
-        if periodic:
-            stress = prediction.stress * self.energy_units_to_eV / self.length_units_to_A**3
-            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+        stresses = np.stack([p.stress for p in predictions]) * stress_unit if periodic else None
+        if stresses is not None:
+            results["stress"] = full_3x3_to_voigt_6_stress(stresses.mean(axis=0))
+        if self.num_models > 1:
+            results.update(
+                energies=energies,
+                energy_comm=energies,
+                energy_var=float(energies.var()),
+                forces_comm=forces,
+                forces_var=forces.var(axis=0),
+            )
+            if stresses is not None:
+                results["stress_comm"] = full_3x3_to_voigt_6_stress(stresses)
+                results["stress_var"] = full_3x3_to_voigt_6_stress(stresses.var(axis=0))
+        return results
+
+    def get_descriptors(
+        self, atoms: Optional[Atoms] = None, invariants_only: bool = True, num_layers: int = -1
+    ) -> Union[np.ndarray, List[np.ndarray]]:
+        """Per-atom descriptors: the node features after each layer, layers side by side.
+
+        ``invariants_only`` keeps each layer's invariant (0e) channels; ``num_layers`` keeps
+        the first that many layers (-1: all). An array [n_atoms, features], or one per model
+        for a committee. Defaults to the calculator's current atoms.
+        """
+        if atoms is None:
+            if self.atoms is None:
+                raise CalculatorInputError("get_descriptors needs atoms: none given and none calculated yet")
+            atoms = self.atoms
+        config = self._configuration(atoms)
+        descriptors = [self._descriptors(member, config, invariants_only, num_layers) for member in self.models]
+        return descriptors[0] if self.num_models == 1 else descriptors
+
+    def _descriptors(
+        self, member: torch.nn.Module, config: Configuration, invariants_only: bool, num_layers: int
+    ) -> np.ndarray:
+        layer_irreps = member.layer_irreps()
+        total = len(layer_irreps)
+        if num_layers == -1:
+            num_layers = total
+        if not 1 <= num_layers <= total:
+            raise CalculatorInputError(f"num_layers={num_layers}: the model has {total} layers (or pass -1 for all)")
+        batch = batch_to_device(collate_graphs(model_graphs(member, [config])), self.device, model_dtype(member))
+        with torch.no_grad():
+            layers = member.node_features(batch)[:num_layers]
+        if invariants_only:
+            layers = [feats[:, scalar_columns(irreps)] for feats, irreps in zip(layers, layer_irreps)]
+        return torch.cat(layers, dim=-1).cpu().numpy()

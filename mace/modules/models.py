@@ -158,17 +158,30 @@ class MACE(torch.nn.Module):
             "stress": stress,
         }
 
-    def _layer_node_energies(
+    def node_features(self, data: Batch) -> List[torch.Tensor]:
+        """The node features of each layer, as its readout receives them (after the product).
+
+        One [n_nodes, layer_irreps[i].dim] tensor per layer (see :meth:`layer_irreps`); the
+        positions are used as given (no forces). Used for descriptors; ``forward`` does not
+        call it.
+        """
+        return self._layer_node_features(data, data["node_attrs"], data["positions"], data["shifts"])
+
+    def layer_irreps(self) -> List[o3.Irreps]:
+        """The irreps of each layer's node features: hidden_irreps, and its 0e block for the last."""
+        return [o3.Irreps(str(product.linear.irreps_out)) for product in self.products]
+
+    def _layer_node_features(
         self, data: Batch, node_attrs: torch.Tensor, positions: torch.Tensor, shifts: torch.Tensor
     ) -> List[torch.Tensor]:
-        """Run the message-passing layers; one [n_nodes] readout energy per layer."""
+        """Run the message-passing layers; each layer's node features, in order."""
         edge_index = data["edge_index"]
         vectors, lengths = edge_vectors_and_lengths(positions, edge_index, shifts)
         edge_attrs = self.spherical_harmonics(vectors)
         edge_feats = self.radial_embedding(lengths)
         node_feats = self.node_embedding(node_attrs)
-        energies = []
-        for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
+        layers = []
+        for interaction, product in zip(self.interactions, self.products):
             node_feats, self_connection = interaction(
                 node_attrs=node_attrs,
                 node_feats=node_feats,
@@ -177,8 +190,15 @@ class MACE(torch.nn.Module):
                 edge_index=edge_index,
             )
             node_feats = product(node_feats=node_feats, self_connection=self_connection, node_attrs=node_attrs)
-            energies.append(readout(node_feats).squeeze(-1))
-        return energies
+            layers.append(node_feats)
+        return layers
+
+    def _layer_node_energies(
+        self, data: Batch, node_attrs: torch.Tensor, positions: torch.Tensor, shifts: torch.Tensor
+    ) -> List[torch.Tensor]:
+        """Run the message-passing layers; one [n_nodes] readout energy per layer."""
+        layers = self._layer_node_features(data, node_attrs, positions, shifts)
+        return [readout(node_feats).squeeze(-1) for readout, node_feats in zip(self.readouts, layers)]
 
     def _combine_layer_energies(self, layer_energies: List[torch.Tensor], node_heads: torch.Tensor) -> torch.Tensor:
         return torch.stack(layer_energies, dim=0).sum(dim=0)
