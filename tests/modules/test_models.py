@@ -9,6 +9,7 @@ from e3nn import o3
 from mace.data import Configuration
 from mace.modules import load_model, save_model
 from mace.core.errors import UserInputError
+from mace.modules.builder import ModelSettings, build_model
 
 from .helpers import batch_of, random_molecule, tiny_model
 
@@ -135,3 +136,18 @@ def test_missing_or_bad_model_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "broken.model").write_bytes(b"not a model")
     with pytest.raises(UserInputError, match="broken.model"):
         load_model(tmp_path / "broken.model")
+
+
+def test_an_isolated_atom_predicts_exactly_its_e0_with_model_mace() -> None:
+    """--model=MACE as run_train builds it: upstream's first block (RealAgnosticInteractionBlock,
+    no self-connection) gives an atom without neighbours no features in any layer, and MACE has
+    no shift, so the atom's energy is its E0 alone (ScaleShiftMACE would add its shift)."""
+    e0s = {1: -1.5, 6: -10.0, 8: -20.0}
+    settings = ModelSettings(model="MACE", hidden_irreps="8x0e + 8x1o", r_max=4.0, radial_MLP=[16])
+    torch.manual_seed(0)
+    model = build_model(settings, [1, 6, 8], e0s, avg_num_neighbors=5.0, scale=1.3, shift=0.7)
+    for z, e0 in e0s.items():
+        atom = Configuration(atomic_numbers=np.array([z]), positions=np.zeros((1, 3)))
+        energy, forces = energy_and_forces(model, [atom])
+        assert energy.item() == e0
+        assert torch.equal(forces, torch.zeros_like(forces))
