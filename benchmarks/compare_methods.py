@@ -1090,14 +1090,21 @@ def train_one(run: Run, settings: BenchmarkSettings, scratch_flags: Sequence[str
     return record
 
 
-def train_all(settings: BenchmarkSettings, scratch_flags: Sequence[str], reuse: bool) -> Dict[Run, RunRecord]:
+def train_all(
+    settings: BenchmarkSettings, scratch_flags: Sequence[str], reuse: bool, report_only: bool = False
+) -> Dict[Run, RunRecord]:
     """Every run, up to ``settings.jobs`` side by side; with ``reuse``, earlier successful runs are kept.
+    With ``report_only`` nothing trains: only the earlier successful runs are returned.
 
     Threads only wait on their child processes, so they cost nothing while the runs train.
     """
-    records, to_train = split_reusable(settings, reuse)
+    records, to_train = split_reusable(settings, reuse or report_only)
     for run in records:
         announce(run, f"reusing the run in {settings.run_files(run).work_dir}")
+    if report_only:
+        for run in to_train:
+            announce(run, "no finished run in its work folder: left out of the report (--report_only)")
+        return {run: records[run] for run in settings.runs() if run in records}
     with ThreadPoolExecutor(max_workers=settings.jobs) as pool:
         records.update(zip(to_train, pool.map(lambda run: train_one(run, settings, scratch_flags), to_train)))
     return {run: records[run] for run in settings.runs()}
@@ -1246,6 +1253,9 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--reuse", action="store_true",
                         help="Keep earlier runs found in the work folders that succeeded and left their "
                         "models, instead of retraining them (e.g. to redo the report).")
+    parser.add_argument("--report_only", action="store_true",
+                        help="Train nothing: report the finished runs of --methods and --seeds found in the "
+                        "work folders, leaving out the others (so methods may have different numbers of seeds).")
     return parser.parse_args(argv)
 
 
@@ -1315,7 +1325,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = resolve_settings(args)
     settings.out.mkdir(parents=True, exist_ok=True)
     torch.set_default_dtype(torch.float64)  # graphs are built in the default dtype
-    records = train_all(settings, foundation_scratch_flags(settings), args.reuse)
+    records = train_all(settings, foundation_scratch_flags(settings), args.reuse, args.report_only)
+    if not records:
+        raise SystemExit("--report_only: no finished run of these methods and seeds to report")
 
     configs = load_test_configurations(settings)
     print(f"Scoring on {len(configs)} test configurations of {settings.test_file}", flush=True)

@@ -6,7 +6,7 @@ functions that read them, build the commands, compute the errors and write the r
 import json
 import shlex
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -57,6 +57,7 @@ from benchmarks.compare_methods import (
     score_run,
     seconds_per_epoch,
     split_reusable,
+    train_all,
     spread,
     summarize_method,
     swa_start_for,
@@ -364,6 +365,17 @@ def test_reuse_keeps_only_runs_that_succeeded_and_left_their_models(tmp_path):
     assert to_train == [Run("elora", 123), Run("none", 123), Run("scratch", 123)]
     assert split_reusable(settings, reuse=False) == ({}, settings.runs())
     assert list(split_reusable(_settings(tmp_path, PROTOCOLS["cpu"]), reuse=True)[0]) == []  # other layout
+
+
+def test_report_only_trains_nothing_and_reports_the_finished_runs(tmp_path, capsys):
+    settings = _settings(tmp_path, PROTOCOLS["cpu100"], methods=("mmea", "elora"))
+    settings = replace(settings, seeds=(123, 124))
+    _finished_run(settings, Run("mmea", 123), 0, ("main_model", "swa_model"))
+    _finished_run(settings, Run("mmea", 124), 0, ("main_model", "swa_model"))
+    _finished_run(settings, Run("elora", 123), 0, ("main_model", "swa_model"))
+    records = train_all(settings, [], reuse=False, report_only=True)
+    assert list(records) == [Run("mmea", 123), Run("mmea", 124), Run("elora", 123)]
+    assert "[elora seed 124] no finished run" in capsys.readouterr().out
 
 
 def test_spread_over_seeds_is_mean_and_half_range():
