@@ -21,7 +21,7 @@ from mace.adapters.foundation import restrict_to_elements, set_e0s
 from mace.adapters.settings import AdapterSettings
 from mace.modules.blocks import LinearReadoutBlock, NonLinearReadoutBlock
 from mace.modules.loading import load_model
-from mace.data.configuration import Configuration, compute_average_e0s
+from mace.data.configuration import Configuration, compute_average_e0s, has_label
 from mace.modules.models import MACE
 from mace.core.atomic_numbers import AtomicNumberTable
 from mace.core.errors import UserInputError
@@ -154,7 +154,7 @@ def set_finetuning_e0s(
     (see above), 'foundation' keeps the foundation's, 'average' fits the raw training energies;
     a dict or IsolatedAtom frames are used as given, and without either the foundation's stay."""
     if spec == "estimated":
-        e0s = residual_average_e0s(model, [c for c in train if c.energy is not None], table)
+        e0s = residual_average_e0s(model, [c for c in train if has_label(c, "energy")], table)
         logging.info(
             "E0s from least squares over the training energies minus the foundation's interaction energies: %s",
             format_e0s(e0s),

@@ -1,13 +1,14 @@
 """Command-line interface of ``python -m mace.cli.run_train``.
 
-The flag names, defaults and choices are those of upstream MACE 0.3.5, so that existing
-training commands run unchanged. Flags for features this fork does not implement are
-still *accepted by the parser* (so that a user gets a message that says what is missing
-rather than "unrecognized argument"), then rejected by :func:`parse_args` with a clear
-error. On top of upstream's flags come the fine-tuning adapter flags (``--adapter`` and the
-settings of each method), built from the adapter registry (``mace.adapters.registry``) and
-resolved with the reference implementation's environment knobs by
-``mace.adapters.settings``.
+The flag names, defaults and choices are those of upstream MACE 0.3.5, plus the flags of
+0.3.16 that its basic training tests pass (``--dry_run``, ``--use_reduced_cg``, the
+multi-head fine-tuning flags, ...), so that existing training commands run unchanged.
+Flags for features this fork does not implement are still *accepted by the parser* (so
+that a user gets a message that says what is missing rather than "unrecognized
+argument"), then rejected by :func:`parse_args` with a clear error. On top of upstream's
+flags come the fine-tuning adapter flags (``--adapter`` and the settings of each method),
+built from the adapter registry (``mace.adapters.registry``) and resolved with the
+reference implementation's environment knobs by ``mace.adapters.settings``.
 
 Public API: :func:`build_parser`, :func:`parse_args`, :func:`adapter_settings`,
 :class:`UserInputError` (re-exported from ``mace.core.errors``);
@@ -72,6 +73,18 @@ def float_or_none(value: str) -> Optional[float]:
         return float(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected a number or None, got {value!r}") from exc
+
+
+# Upstream (0.3.16) flags of multi-head fine-tuning with replay data, which this fork does
+# not have: flag -> (type, default, choices). Only their defaults are accepted.
+MULTIHEAD_REPLAY_FLAGS: Dict[str, Tuple[Any, Any, Optional[List[str]]]] = {
+    "heads": (str, None, None),
+    "pt_train_file": (str, None, None),
+    "num_samples_pt": (int, 10000, None),
+    "subselect_pt": (str, "random", ["fps", "random"]),
+    "filter_type_pt": (str, "none", ["none", "combinations", "inclusive", "exclusive"]),
+    "force_mh_ft_lr": (str2bool, False, None),
+}
 
 
 def _literal(text: str, flag: str) -> Any:
@@ -226,6 +239,9 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
            choices=["float32", "float64"])
     _switch(g, "--distributed", False, "Multi-GPU data-parallel training (not supported here).")
     _value(g, "--log_level", str, "INFO", "Logging verbosity: DEBUG, INFO, WARNING or ERROR.")
+    _switch(g, "--dry_run", False,
+            "Check the flags, read the data and build the model (logged), then stop before "
+            "training: no model, checkpoint or results are written.")
     _value(g, "--error_table", str, "PerAtomRMSE",
            "Which errors the final table reports (the dipole tables are not supported).",
            choices=["PerAtomRMSE", "TotalRMSE", "PerAtomRMSEstressvirials", "PerAtomMAE",
@@ -260,6 +276,13 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
            choices=["RealAgnosticResidualInteractionBlock", "RealAgnosticInteractionBlock"])
     _value(g, "--max_ell", int, 3, "Highest l of the edge spherical harmonics.")
     _value(g, "--correlation", int, 3, "Body order of the symmetric product basis.")
+    _value(g, "--use_reduced_cg", str2bool, False,
+           "Upstream's reduced (cuequivariance) coupling basis of the symmetric contraction "
+           "(true/false). Only false is accepted: that basis has other, fewer weights, so a "
+           "model trained with it is not the one this fork trains.")
+    _value(g, "--enable_cueq", str2bool, False,
+           "Run the model with cuequivariance kernels (true/false); not part of this fork, "
+           "only false is accepted.")
     _value(g, "--num_interactions", int, 2, "Number of message-passing layers.")
     _value(g, "--MLP_irreps", str, "16x0e", "Hidden irreps of the last layer's non-linear readout.")
     _value(g, "--radial_MLP", str, "[64, 64, 64]",
@@ -384,6 +407,7 @@ def _add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
     _switch(g, "--save_cpu", False, "Move the final model to the CPU before saving it.")
     _value(g, "--clip_grad", float_or_none, 10.0,
            "Clip the gradient norm to this value; 'None' disables clipping.")
+    _switch(g, "--lbfgs", False, "Train with L-BFGS (not supported here: Adam or AdamW).")
 
 
 def _add_finetuning_flags(parser: argparse.ArgumentParser) -> None:
@@ -396,6 +420,17 @@ def _add_finetuning_flags(parser: argparse.ArgumentParser) -> None:
     _switch(g, "--trust_pickle", False,
             "Unpickle --foundation_model without the safe loader's restrictions, so it can run any "
             "code it names: only for a file you trust (README, 'What is safe to load').")
+    _value(g, "--foundation_model_elements", str2bool, False,
+           "Keep every element of the foundation model (true/false); only false is accepted: "
+           "the foundation is restricted to the data's elements, or to --atomic_numbers.")
+    _value(g, "--multiheads_finetuning", str2bool, False,
+           "Upstream's multi-head fine-tuning, which replays the foundation's training data in "
+           "a second head (true/false; upstream 0.3.16 defaults to true). Only false is "
+           "accepted: this fork fine-tunes the one head, with adapters.")
+    for flag, (kind, default, choices) in MULTIHEAD_REPLAY_FLAGS.items():
+        _value(g, f"--{flag}", kind, default,
+               "Setting of upstream's multi-head replay fine-tuning (not supported: only the "
+               "default is accepted).", choices=choices)
     methods = "; ".join(f"'{name}': {method.summary}" for name, method in METHODS.items())
     _value(g, "--adapter", str, None, f"How to fine-tune a foundation model: {methods}.",
            choices=list(METHODS))
@@ -419,7 +454,7 @@ def _add_wandb_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """All flags of ``run_train`` (upstream 0.3.5 names and defaults, plus adapter flags)."""
+    """All flags of ``run_train`` (upstream 0.3.5 names and defaults, some of 0.3.16, plus adapter flags)."""
     parser = argparse.ArgumentParser(
         prog="python -m mace.cli.run_train",
         description="Train a MACE interatomic potential, or fine-tune a foundation model "
@@ -590,13 +625,38 @@ def _unsupported_feature_errors(args: argparse.Namespace) -> Iterator[str]:
     if args.statistics_file is not None:
         yield ("--statistics_file is not supported yet: statistics are computed from the "
                "training data")
+    yield from _upstream_0316_feature_errors(args)
+
+
+def _upstream_0316_feature_errors(args: argparse.Namespace) -> Iterator[str]:
+    """Messages for flags of newer upstream releases (0.3.16) whose feature is missing here."""
+    if args.use_reduced_cg:
+        yield ("--use_reduced_cg True is not supported: upstream's reduced coupling basis "
+               "(from cuequivariance) gives the symmetric contraction other, fewer weights, so "
+               "the model it trains is not this fork's; use --use_reduced_cg False (the default)")
+    if args.enable_cueq:
+        yield ("--enable_cueq True is not supported: this fork runs its models with e3nn, "
+               "without cuequivariance kernels")
+    if args.lbfgs:
+        yield "--lbfgs is not supported: this fork trains with adam or adamw (--optimizer)"
+    if args.foundation_model_elements:
+        yield ("--foundation_model_elements True is not supported: the foundation model is "
+               "restricted to the elements of the data; list more with --atomic_numbers")
+    if args.multiheads_finetuning:
+        yield ("--multiheads_finetuning True is not supported: this fork fine-tunes the "
+               "foundation's one head (with adapters) and replays no pretraining data; pass "
+               "--multiheads_finetuning False (upstream 0.3.16's default is True)")
+    for flag, (_, default, _) in MULTIHEAD_REPLAY_FLAGS.items():
+        if getattr(args, flag) != default:
+            yield (f"--{flag} is not supported: it configures upstream's multi-head fine-tuning "
+                   "with replay data, which this fork does not have")
 
 
 def _required_errors(args: argparse.Namespace) -> Iterator[str]:
     """Flags a training run cannot do without."""
     if not args.name:
         yield "--name is required: it names the log, checkpoint, result and model files"
-    if not args.train_file:
+    if not args.train_file and args.heads is None:  # upstream's --heads name their own files (refused later)
         yield "--train_file is required: give the extxyz file of training configurations"
 
 
@@ -726,7 +786,7 @@ def adapter_settings(args: argparse.Namespace, environ: Optional[Mapping[str, st
 # how often it evaluates, where outputs go, and on what hardware. The SWA start is the
 # checkpoint's (the patience jump may have moved it), so --start_swa is ignored on restart.
 RESTART_MAY_CHANGE = frozenset({
-    "max_num_epochs", "patience", "eval_interval", "start_swa",
+    "max_num_epochs", "patience", "eval_interval", "start_swa", "dry_run",
     "log_dir", "results_dir", "checkpoints_dir", "model_dir", "downloads_dir", "log_level",
     "keep_checkpoints", "save_all_checkpoints", "save_cpu", "test_file", "test_dir",
     "device", "num_workers", "pin_memory", "restart_latest", "trust_pickle", "config",

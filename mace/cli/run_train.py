@@ -283,8 +283,18 @@ def save_and_evaluate(
         write_final_errors(paths.results, stage, target.name, rows)
 
 
+def end_dry_run(model: MACE) -> int:
+    """--dry_run: log the model that would train, and stop before anything is written."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logging.info("Model (%s trainable of %s parameters):\n%s", f"{trainable:,}", f"{total:,}", model)
+    logging.info("Dry run: flags, data and model checked; stopping before training (no model file written)")
+    return 0
+
+
 def train_and_save(args: argparse.Namespace, argv: Sequence[str], paths: RunPaths) -> int:
-    """Validate every input (restart checkpoint, data, model) before writing any output, then train."""
+    """Validate every input (restart checkpoint, data, model) before writing any output, then
+    train (with --dry_run: stop once they are validated)."""
     logging.info("Command line: %s", " ".join(argv))
     checkpoints = CheckpointHandler(str(paths.checkpoints), paths.tag)
     remove_interrupted_writes(paths, checkpoints)
@@ -296,6 +306,8 @@ def train_and_save(args: argparse.Namespace, argv: Sequence[str], paths: RunPath
     datasets = load_datasets(data_settings(args))
     model = build_run_model(args, datasets, argv, device)
     trainer = build_trainer(args, model, datasets, paths, device, run_settings)
+    if args.dry_run:
+        return end_dry_run(model)
     if checkpoint is not None:
         resume(trainer, checkpoint)
     write_valid_indices(datasets, paths.valid_indices, args.train_file)

@@ -1,10 +1,12 @@
 """Reading labelled structures and turning them into batched graphs for the model."""
+from mace.data.atomic_data import AtomicData
 from mace.data.configuration import (
     Configuration,
     check_labels,
     compute_average_e0s,
     config_from_atoms,
     group_by_config_type,
+    has_label,
     load_from_xyz,
     random_train_valid_split,
     read_frames,
@@ -14,6 +16,7 @@ from mace.data.loader import batch_to_device, collate_graphs, make_loader
 from mace.data.neighborhood import get_neighborhood
 
 __all__ = [
+    "AtomicData",
     "Configuration",
     "batch_to_device",
     "check_labels",
@@ -23,6 +26,7 @@ __all__ = [
     "get_neighborhood",
     "graph_from_configuration",
     "group_by_config_type",
+    "has_label",
     "load_from_xyz",
     "make_loader",
     "random_train_valid_split",

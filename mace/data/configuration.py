@@ -1,13 +1,16 @@
 """Labelled structures read from extended XYZ files, train/valid splits and reference energies.
 
-Everything a user can get wrong here (missing file, malformed frame, missing label key,
-NaN or inf label, unknown element) raises :class:`~mace.core.errors.UserInputError` naming
-the file, frame index and key, so the command line can report it in one sentence.
+Everything a user can get wrong here (missing file, malformed frame, NaN or inf label,
+unknown element, a label key that no frame of a file has) raises
+:class:`~mace.core.errors.UserInputError` naming the file, frame index and key, so the
+command line can report it in one sentence. A label that only some frames lack is not an
+error: as upstream, those frames get zero weight for it (:func:`check_labels` warns once
+per file and label).
 """
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import ase.io
 import numpy as np
@@ -19,7 +22,9 @@ from mace.core.errors import UserInputError
 T = TypeVar("T")
 
 DEFAULT_CONFIG_TYPE = "Default"
+DEFAULT_HEAD = "Default"
 ISOLATED_ATOM_CONFIG_TYPE = "IsolatedAtom"
+LABELS = ("energy", "forces", "stress", "virials")
 
 
 def to_3x3(values: Any, name: str) -> np.ndarray:
@@ -75,6 +80,33 @@ class Configuration:
     @property
     def num_atoms(self) -> int:
         return len(self.atomic_numbers)
+
+    # Upstream's Configuration keeps its labels in two dicts and names its head; scripts
+    # written against it read these. Views of the fields above, not a second store.
+
+    @property
+    def properties(self) -> Dict[str, Any]:
+        """{label: value} of energy, forces, stress (3x3) and virials (3x3); None where absent."""
+        return {label: getattr(self, label) for label in LABELS}
+
+    @property
+    def property_weights(self) -> Dict[str, float]:
+        """{label: loss weight} of the same labels (0 where a label is absent)."""
+        return {label: getattr(self, f"{label}_weight") for label in LABELS}
+
+    @property
+    def head(self) -> str:
+        """The head the labels belong to; this fork's models have one, upstream's "Default"."""
+        return DEFAULT_HEAD
+
+
+def has_label(config: Configuration, label: str) -> bool:
+    """Whether ``label`` of ``config`` takes part in training: present, with a non-zero weight.
+
+    The one rule for losses, error metrics and data statistics (E0s, scale and shift):
+    a frame without the label, or whose weight for it is zero, is left out of all of them.
+    """
+    return getattr(config, label) is not None and getattr(config, f"{label}_weight") > 0
 
 
 def _lookup(atoms: Atoms, key: str) -> Optional[Any]:
@@ -219,9 +251,14 @@ def load_from_xyz(
     config_type_weights: Optional[Dict[str, float]] = None,
     extract_atomic_energies: bool = False,
     keep_isolated_atoms: bool = False,
-    require_energy: bool = True,
+    required_labels: Sequence[str] = (),
+    role: Optional[str] = None,
 ) -> Tuple[Dict[int, float], List[Configuration]]:
     """Read every frame of an extxyz file as a Configuration.
+
+    A frame without a label gets zero weight for it (as upstream). With ``role`` (what the
+    frames are for: "train", "validate"), :func:`check_labels` then warns about labels some
+    frames lack and refuses ``required_labels`` that no frame has.
 
     With ``extract_atomic_energies``, single-atom frames of config_type ``IsolatedAtom``
     provide the isolated-atom energies E0 (returned as {Z: energy}) and, as upstream, are
@@ -232,7 +269,8 @@ def load_from_xyz(
     configs: List[Configuration] = []
     label_keys = {"positions": "positions", "energy": energy_key, "forces": forces_key,
                   "stress": stress_key, "virials": virials_key}
-    for index, atoms in enumerate(read_frames(path)):
+    frames = read_frames(path)
+    for index, atoms in enumerate(frames):
         try:
             config = config_from_atoms(
                 atoms, energy_key, forces_key, stress_key, virials_key, config_type_weights
@@ -243,11 +281,6 @@ def load_from_xyz(
         if non_finite is not None:
             # Caught here, a NaN cannot reach the loss (a misleading "lower --lr") or an error table.
             raise UserInputError(f"{path} frame {index}: {non_finite} holds NaN or inf; fix or remove the frame.")
-        if config.energy is None and require_energy:
-            raise UserInputError(
-                f"{path} frame {index} has no '{energy_key}' energy "
-                f"(keys present: {', '.join(available_keys(atoms)) or 'none'})."
-            )
         if extract_atomic_energies and _is_isolated_atom(config):
             atomic_energies[int(config.atomic_numbers[0])] = _isolated_energy(config, path, index)
             if not keep_isolated_atoms:
@@ -255,6 +288,9 @@ def load_from_xyz(
         configs.append(config)
     if atomic_energies:
         logging.info("Using isolated atom energies from %s: %s", path, atomic_energies)
+    if role is not None:
+        keys = {label: label_keys[label] for label in LABELS}
+        check_labels(configs, path, keys, required_labels, role, available_keys(frames[0]))
     return atomic_energies, configs
 
 
@@ -264,14 +300,42 @@ def _isolated_energy(config: Configuration, path: str, index: int) -> float:
     return config.energy
 
 
+# How a warning about frames without a label says what they are used for.
+ROLE_WORDS = {"train": "train", "validate": "are validated"}
+
+
 def check_labels(
-    configs: Sequence[Configuration], need_forces: bool, path: str, forces_key: str = "forces"
+    configs: Sequence[Configuration],
+    path: str,
+    keys: Mapping[str, str],
+    required: Iterable[str] = ("energy", "forces"),
+    role: str = "train",
+    keys_present: Sequence[str] = (),
 ) -> None:
-    """Refuse a data set that cannot train the requested loss (no forces anywhere)."""
-    if need_forces and not any(config.forces is not None for config in configs):
-        raise UserInputError(
-            f"{path} has no forces under key '{forces_key}' in any frame, but the loss needs "
-            "forces; pass the right --forces_key or choose an energy-only loss."
+    """Report the labels ({label: key in the file} of ``keys``) that frames of ``path`` lack.
+
+    Labels that only some frames lack: one warning per label, counting them (those frames
+    have zero weight for it, as upstream). A ``required`` label that no frame has is a
+    UserInputError naming the file and the key: most likely the key flag is mistyped.
+    ``role`` says what the frames are for ("train", "validate") in the warning;
+    ``keys_present`` (the keys the first frame does have) goes into the error as a hint.
+    """
+    required = set(required)
+    for label, key in keys.items():
+        missing = sum(1 for config in configs if getattr(config, label) is None)
+        if missing == 0 or not configs:
+            continue
+        if missing == len(configs):
+            if label in required:
+                hint = f" (keys present in frame 0: {', '.join(keys_present)})" if keys_present else ""
+                raise UserInputError(
+                    f"{path} has no {label} under key '{key}' in any frame{hint}; "
+                    f"pass the right --{label}_key."
+                )
+            continue
+        logging.warning(
+            "%s: %d of %d frames have no '%s'; they %s with zero %s weight",
+            path, missing, len(configs), key, ROLE_WORDS.get(role, role), label,
         )
 
 
@@ -317,12 +381,12 @@ def compute_average_e0s(
 ) -> Dict[int, float]:
     """Per-element reference energies E0 from a least-squares fit E ~ sum_z n_z E0_z.
 
-    Frames without an energy are left out. When the composition matrix is rank deficient
+    Frames without an energy, or with zero energy weight, are left out. When the composition matrix is rank deficient
     (e.g. rMD17, where every frame is the same molecule) ``numpy.linalg.lstsq`` returns the
     minimum-norm solution, exactly as upstream: the E0s then split the mean molecular
     energy over the elements in proportion to their counts rather than being physical.
     """
-    labelled = [config for config in configs if config.energy is not None]
+    labelled = [config for config in configs if has_label(config, "energy")]
     if not labelled:
         raise UserInputError("Cannot compute average E0s: no configuration has an energy.")
     counts = np.array(

@@ -8,7 +8,6 @@ import numpy as np
 
 from mace.data.configuration import (
     Configuration,
-    check_labels,
     group_by_config_type,
     load_from_xyz,
     random_train_valid_split,
@@ -17,6 +16,11 @@ from mace.core.errors import UserInputError
 from mace.core.files import atomic_write
 
 NamedSet = Tuple[str, List[Configuration]]
+
+# Labels every file a run trains or validates on must have in at least one frame (a key no
+# frame has is most likely a mistyped --energy_key / --forces_key); frames that lack them
+# train with zero weight for them, as upstream.
+REQUIRED_LABELS = ("energy", "forces")
 
 
 @dataclass
@@ -77,7 +81,7 @@ def test_sets(settings: DataSettings) -> List[NamedSet]:
         paths.extend(sorted(directory.glob("*.xyz")))
     sets: List[NamedSet] = []
     for path in paths:
-        _, configs = _read(str(path), settings, require_energy=False)
+        _, configs = _read(str(path), settings)
         groups = group_by_config_type(configs)
         if len(groups) == 1:
             sets.append((path.stem, groups[0][1]))
@@ -87,14 +91,18 @@ def test_sets(settings: DataSettings) -> List[NamedSet]:
 
 
 def load_datasets(settings: DataSettings) -> Datasets:
-    """Train/valid (file or seeded split) and tests; nothing is written (see :func:`write_valid_indices`)."""
+    """Train/valid (file or seeded split) and tests; nothing is written (see :func:`write_valid_indices`).
+
+    Frames of the training or validation file without an energy or forces train with zero
+    weight for them (one warning per file and label); a file where no frame has one is an
+    error. Test files are evaluated on the labels their frames have."""
     isolated, train = _read(
-        settings.train_file, settings, extract_atomic_energies=True, keep_isolated_atoms=settings.keep_isolated_atoms
+        settings.train_file, settings, extract_atomic_energies=True, keep_isolated_atoms=settings.keep_isolated_atoms,
+        required_labels=REQUIRED_LABELS, role="train",
     )
-    check_labels(train, need_forces=True, path=settings.train_file, forces_key=settings.forces_key)
     indices: Optional[List[int]] = None
     if settings.valid_file:
-        _, valid = _read(settings.valid_file, settings)
+        _, valid = _read(settings.valid_file, settings, required_labels=REQUIRED_LABELS, role="validate")
     else:
         train, valid, indices = random_train_valid_split(train, settings.valid_fraction, settings.seed)
     datasets = Datasets(train=train, valid=valid, tests=test_sets(settings), isolated_atom_e0s=isolated, valid_indices=indices)

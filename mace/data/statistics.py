@@ -4,7 +4,7 @@ from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-from mace.data.configuration import Configuration, compute_average_e0s
+from mace.data.configuration import Configuration, compute_average_e0s, has_label
 from mace.data.neighborhood import get_neighborhood
 from mace.core.atomic_numbers import AtomicNumberTable
 from mace.core.errors import UserInputError
@@ -48,11 +48,12 @@ def average_num_neighbors(configs: Sequence[Configuration], cutoff: float) -> fl
 
 
 def interaction_energies_per_atom(configs: Sequence[Configuration], e0s: Dict[int, float]) -> np.ndarray:
+    """(E - sum of E0s) / n_atoms of each frame whose energy trains (see :func:`has_label`)."""
     return np.array(
         [
             (c.energy - sum(e0s[int(z)] for z in c.atomic_numbers)) / c.num_atoms
             for c in configs
-            if c.energy is not None
+            if has_label(c, "energy")
         ]
     )
 
@@ -63,7 +64,8 @@ def scale_and_shift(
     """(scale, shift) of the interaction energy per atom, as --scaling chooses.
 
     rms_forces_scaling: shift = mean interaction energy per atom, scale = RMS force component;
-    std_scaling: shift and scale = mean and std of the interaction energy per atom.
+    std_scaling: shift and scale = mean and std of the interaction energy per atom. Frames
+    without the label (or with zero weight for it) are left out.
     """
     if scaling == "no_scaling":
         return 1.0, 0.0
@@ -72,7 +74,7 @@ def scale_and_shift(
     if scaling == "std_scaling":
         scale = float(np.std(energies)) if energies.size else 1.0
     elif scaling == "rms_forces_scaling":
-        forces: List[np.ndarray] = [c.forces.reshape(-1) for c in configs if c.forces is not None]
+        forces: List[np.ndarray] = [c.forces.reshape(-1) for c in configs if has_label(c, "forces")]
         scale = float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else 1.0
     else:
         raise UserInputError(f"--scaling {scaling!r} is not one of std_scaling, rms_forces_scaling, no_scaling")

@@ -2,6 +2,9 @@
 
 Conventions as upstream: 'ef' compares total energies, the weighted losses compare
 energies per atom; forces always per component; stress per component; virials per atom.
+A label whose weight is zero (absent from the frame, see ``Configuration``) never enters a
+loss: the weighted terms multiply by that weight, and the unweighted ones ('ef' energies,
+'huber') leave such labels out through :func:`labelled`. Means run over the whole batch.
 """
 from typing import Dict, Optional
 
@@ -20,11 +23,18 @@ def _per_node(batch: Batch, per_graph: torch.Tensor) -> torch.Tensor:
     return per_graph[batch["batch"]].unsqueeze(-1)
 
 
+def labelled(batch: Batch, label: str) -> torch.Tensor:
+    """1 for each graph whose ``label`` trains (weight above zero), else 0; per graph."""
+    return (batch[f"{label}_weight"] > 0).to(batch["energy"].dtype)
+
+
 def energy_squared_error(batch: Batch, output: Output, per_atom: bool, weighted: bool) -> torch.Tensor:
+    """Mean squared energy error; ``weighted``: times configuration and energy weights,
+    else unweighted over the graphs that have an energy."""
     difference = batch["energy"] - output["energy"]
     if per_atom:
         difference = difference / _atoms_per_graph(batch)
-    weights = batch["weight"] * batch["energy_weight"] if weighted else torch.ones_like(difference)
+    weights = batch["weight"] * batch["energy_weight"] if weighted else labelled(batch, "energy")
     return torch.mean(weights * difference.square())
 
 
@@ -119,11 +129,17 @@ class WeightedHuberEnergyForcesStressLoss(torch.nn.Module):
         self.huber = torch.nn.HuberLoss(reduction="mean", delta=huber_delta)
 
     def forward(self, batch: Batch, output: Output) -> torch.Tensor:
+        """Unweighted, as upstream 0.3.5, but labels a graph lacks count as exact (zero error)."""
         atoms = _atoms_per_graph(batch)
-        loss = self.energy_weight * self.huber(batch["energy"] / atoms, output["energy"] / atoms)
-        loss = loss + self.forces_weight * self.huber(batch["forces"], output["forces"])
+        energy_mask = labelled(batch, "energy")
+        loss = self.energy_weight * self.huber(
+            energy_mask * batch["energy"] / atoms, energy_mask * output["energy"] / atoms
+        )
+        forces_mask = _per_node(batch, labelled(batch, "forces"))
+        loss = loss + self.forces_weight * self.huber(forces_mask * batch["forces"], forces_mask * output["forces"])
         if output.get("stress") is not None:
-            loss = loss + self.stress_weight * self.huber(batch["stress"], output["stress"])
+            stress_mask = labelled(batch, "stress").view(-1, 1, 1)
+            loss = loss + self.stress_weight * self.huber(stress_mask * batch["stress"], stress_mask * output["stress"])
         return loss
 
 

@@ -31,6 +31,25 @@ from mace.modules.utils import (
 Batch = Dict[str, torch.Tensor]
 
 
+# Options upstream's MACE takes as keywords, and the values of each that this model
+# implements (the first is upstream's default; None, like "None", means no transform).
+IMPLEMENTED_OPTIONS: Dict[str, tuple] = {
+    "radial_type": ("bessel",),
+    "distance_transform": ("None", None),
+    "pair_repulsion": (False,),
+}
+
+
+def _check_implemented(**options: object) -> None:
+    for name, value in options.items():
+        implemented = IMPLEMENTED_OPTIONS[name]
+        if value not in implemented:
+            raise ValueError(
+                f"MACE({name}={value!r}) is not supported: this fork implements only "
+                f"{name}={implemented[0]!r}"
+            )
+
+
 class MACE(torch.nn.Module):
     """Sum of per-layer readouts of equivariant many-body features, plus E0s.
 
@@ -56,7 +75,14 @@ class MACE(torch.nn.Module):
         correlation: Union[int, Sequence[int]],
         gate: Optional[Callable],
         radial_MLP: Optional[List[int]] = None,
+        radial_type: str = "bessel",
+        distance_transform: str = "None",
+        pair_repulsion: bool = False,
     ) -> None:
+        """Upstream's keyword names; of its newer options, ``radial_type``,
+        ``distance_transform`` and ``pair_repulsion`` are accepted with the one value this
+        model implements (the default), any other is a ValueError."""
+        _check_implemented(radial_type=radial_type, distance_transform=distance_transform, pair_repulsion=pair_repulsion)
         super().__init__()
         hidden_irreps = o3.Irreps(hidden_irreps)
         correlations = [correlation] * num_interactions if isinstance(correlation, int) else list(correlation)

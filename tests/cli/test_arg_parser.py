@@ -617,3 +617,75 @@ def test_flags_of_missing_features_are_refused_not_ignored(capsys, extra, messag
 def test_upstream_defaults_of_those_flags_are_accepted():
     args = _parse(["--compute_forces", "True", "--dipole_key", "dipole", "--charges_key", "charges"], {})
     assert args.compute_forces and args.dipole_key == "dipole"
+
+
+# ----------------------------------------------------------------------------- upstream 0.3.16 flags
+
+# The flags of upstream's basic run_train test (its ``_mace_params``, 0.3.16 era), as its
+# test writes them: ``--flag=value``, or ``--flag`` alone for a switch.
+UPSTREAM_BASIC_TEST_COMMAND = [
+    "--name=MACE", "--valid_fraction=0.05", "--energy_weight=1.0", "--forces_weight=10.0",
+    "--stress_weight=1.0", "--model=MACE", "--hidden_irreps=128x0e", "--r_max=3.5",
+    "--batch_size=5", "--max_num_epochs=10", "--swa", "--start_swa=5", "--ema",
+    "--ema_decay=0.99", "--amsgrad", "--restart_latest", "--device=cpu", "--seed=5",
+    "--loss=stress", "--energy_key=REF_energy", "--forces_key=REF_forces",
+    "--stress_key=REF_stress", "--eval_interval=2", "--use_reduced_cg=False",
+    "--checkpoints_dir=out", "--model_dir=out", "--train_file=out/fit.xyz",
+]
+
+
+def test_upstream_basic_run_train_command_parses():
+    args = parse_args(UPSTREAM_BASIC_TEST_COMMAND, environ={})
+    assert args.use_reduced_cg is False and args.loss == "stress" and args.swa and args.ema
+    assert not args.dry_run
+    foundation = parse_args(UPSTREAM_BASIC_TEST_COMMAND + ["--foundation_model=small", "--multiheads_finetuning=False"], environ={})
+    assert foundation.multiheads_finetuning is False
+
+
+def test_dry_run_is_a_switch_a_restart_may_change():
+    assert _parse([]).dry_run is False and _parse(["--dry_run"]).dry_run is True
+    assert "dry_run" in arg_parser.RESTART_MAY_CHANGE
+    assert "dry_run" not in arg_parser.defining_settings(_parse(["--dry_run"]))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--use_reduced_cg=True"], "--use_reduced_cg True is not supported: upstream's reduced coupling basis"),
+        (["--enable_cueq", "true"], "--enable_cueq True is not supported"),
+        (["--lbfgs"], "--lbfgs is not supported"),
+        (["--foundation_model_elements=True"], "--foundation_model_elements True is not supported"),
+        (["--multiheads_finetuning=True"], "--multiheads_finetuning True is not supported"),
+        (["--num_samples_pt=50"], "--num_samples_pt is not supported: it configures upstream's multi-head"),
+        (["--subselect_pt=fps"], "--subselect_pt is not supported"),
+        (["--filter_type_pt=combinations"], "--filter_type_pt is not supported"),
+        (["--force_mh_ft_lr=True"], "--force_mh_ft_lr is not supported"),
+        (["--pt_train_file=pretrain.xyz"], "--pt_train_file is not supported"),
+        (["--heads={'DFT': {'train_file': 'a.xyz'}}"], "--heads is not supported"),
+    ],
+)
+def test_upstream_0316_flags_of_missing_features_are_refused(capsys, extra, message):
+    err = _rejection(capsys, MINIMAL + extra)
+    assert message in err and err.count("error:") == 1
+
+
+def test_upstream_0316_flags_at_their_defaults_are_accepted():
+    args = _parse(["--use_reduced_cg", "False", "--enable_cueq=False", "--multiheads_finetuning=False",
+                   "--foundation_model_elements=False", "--num_samples_pt=10000", "--subselect_pt=random",
+                   "--filter_type_pt=none", "--force_mh_ft_lr=False"])
+    assert (args.use_reduced_cg, args.multiheads_finetuning, args.num_samples_pt) == (False, False, 10000)
+
+
+def test_heads_of_an_upstream_config_file_are_refused_by_name(capsys, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("heads:\n  DFT:\n    train_file: fit_dft.xyz\n  MP2:\n    train_file: fit_mp2.xyz\n")
+    err = _rejection(capsys, ["--name", "run", "--config", str(config)])
+    assert "--heads is not supported" in err
+
+
+def test_use_reduced_cg_help_says_only_false_is_accepted(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--use_reduced_cg" in help_text and "Only false is accepted" in help_text
+    assert "--dry_run" in help_text

@@ -278,14 +278,95 @@ def test_malformed_test_file_leaves_no_outputs(aspirin, tmp_path, capsys) -> Non
     assert_no_training_outputs(tmp_path, "bad")
 
 
-def test_missing_energy_key_is_a_clear_error(aspirin, tmp_path, capsys) -> None:
+@pytest.mark.parametrize("dry_run", [[], ["--dry_run"]])
+def test_an_energy_key_no_frame_has_is_a_clear_error(aspirin, tmp_path, capsys, dry_run) -> None:
     write_frames(tmp_path / "tiny.xyz", aspirin)
-    argv = TINY_FLAGS + ["--name=nokey", "--train_file=tiny.xyz", "--energy_key=DFT_energy"]
+    argv = TINY_FLAGS + ["--name=nokey", "--train_file=tiny.xyz", "--energy_key=DFT_energy"] + dry_run
     assert run_main(tmp_path, argv) == 1
     message = capsys.readouterr().err
-    assert "ERROR: tiny.xyz frame 0 has no 'DFT_energy' energy (keys present: REF_energy" in message
+    assert "ERROR: tiny.xyz has no energy under key 'DFT_energy' in any frame (keys present in frame 0: " in message
+    assert "REF_energy" in message and "pass the right --energy_key" in message
     assert_no_training_outputs(tmp_path, "nokey")
-    assert "has no 'DFT_energy' energy" in (tmp_path / "logs" / "nokey_run-123.log").read_text()
+    assert "has no energy under key 'DFT_energy'" in (tmp_path / "logs" / "nokey_run-123.log").read_text()
+
+
+def test_frames_without_energy_or_forces_train_with_zero_weight(aspirin, tmp_path) -> None:
+    """As upstream: 2 of 10 frames lack the energy key and 1 the forces key; the run trains
+    on, saying so once per label, and every number it reports is finite."""
+    frames = [frame.copy() for frame in aspirin]
+    for index in (3, 7):
+        del frames[index].info["REF_energy"]
+    del frames[5].arrays["REF_forces"]
+    write_frames(tmp_path / "tiny.xyz", frames)
+    argv = TINY_FLAGS + ["--name=partial", "--train_file=tiny.xyz", "--max_num_epochs=2"]
+    assert run_main(tmp_path, argv) == 0
+    log = (tmp_path / "logs" / "partial_run-123.log").read_text()
+    assert log.count("have no 'REF_energy'") == 1 and log.count("have no 'REF_forces'") == 1
+    assert "WARNING: tiny.xyz: 2 of 10 frames have no 'REF_energy'; they train with zero energy weight" in log
+    assert "WARNING: tiny.xyz: 1 of 10 frames have no 'REF_forces'; they train with zero forces weight" in log
+    records = read_results(tmp_path, "partial_run-123")
+    numbers = [value for record in records if record["mode"] in ("opt", "eval", "final")
+               for value in record.values() if isinstance(value, float)]
+    assert len(numbers) > 10 and all(math.isfinite(value) for value in numbers)
+    assert {r["set"] for r in records if r["mode"] == "final"} == {"train", "valid"}
+    assert all(float(cell) > 0 for row in error_tables(log)["main model partial.model"][1:] for cell in row[1:])
+    assert (tmp_path / "partial.model").exists()
+
+
+def upstream_fitting_frames() -> list:
+    """The shape of upstream's run_train test data: two isolated atoms with E0 = 0, then 20
+    displaced periodic waters labelled REF_energy, REF_forces and REF_stress (Voigt)."""
+    rng = np.random.default_rng(5)
+    frames = []
+    for number in (8, 1):
+        atom = ase.Atoms(numbers=[number], positions=[[0, 0, 0]], cell=[6] * 3)
+        atom.info.update(REF_energy=0.0, config_type="IsolatedAtom")
+        frames.append(atom)
+    for _ in range(20):
+        water = ase.Atoms(numbers=[8, 1, 1], positions=[[0, -2.0, 0], [1, 0, 0], [0, 1, 0]], cell=[4] * 3, pbc=True)
+        water.positions += rng.normal(0.1, size=(3, 3))
+        water.info.update(REF_energy=rng.normal(0.1), REF_stress=rng.normal(0.1, size=6))
+        water.arrays["REF_forces"] = rng.normal(0.1, size=(3, 3))
+        frames.append(water)
+    return frames
+
+
+def test_upstream_s_basic_test_flags_run_as_a_dry_run_on_data_with_missing_labels(tmp_path) -> None:
+    """Upstream's missing-data test: frame 5 lacks its energy, 6 its forces, 7 its stress."""
+    frames = upstream_fitting_frames()
+    del frames[5].info["REF_energy"]
+    del frames[6].arrays["REF_forces"]
+    del frames[7].info["REF_stress"]
+    write_frames(tmp_path / "fit.xyz", frames)
+    argv = [
+        "--name=MACE", "--valid_fraction=0.05", "--energy_weight=1.0", "--forces_weight=10.0",
+        "--stress_weight=1.0", "--model=MACE", "--hidden_irreps=128x0e", "--r_max=3.5", "--batch_size=5",
+        "--max_num_epochs=10", "--swa", "--start_swa=5", "--ema", "--ema_decay=0.99", "--amsgrad",
+        "--restart_latest", "--device=cpu", "--seed=5", "--loss=stress", "--energy_key=REF_energy",
+        "--forces_key=REF_forces", "--stress_key=REF_stress", "--eval_interval=2", "--use_reduced_cg=False",
+        f"--checkpoints_dir={tmp_path}", f"--model_dir={tmp_path}", f"--train_file={tmp_path / 'fit.xyz'}",
+        "--dry_run",
+    ]
+    assert run_main(tmp_path, argv) == 0
+    assert not (tmp_path / "MACE.model").exists()
+    log = (tmp_path / "logs" / "MACE_run-5.log").read_text()
+    for key, label in (("REF_energy", "energy"), ("REF_forces", "forces"), ("REF_stress", "stress")):
+        assert log.count(f"have no '{key}'") == 1
+        assert f"fit.xyz: 1 of 20 frames have no '{key}'; they train with zero {label} weight" in log
+    assert "Dry run: flags, data and model checked" in log
+
+
+def test_dry_run_builds_data_and_model_then_stops_before_training(aspirin, tmp_path) -> None:
+    write_frames(tmp_path / "tiny.xyz", aspirin)
+    argv = TINY_FLAGS + ["--name=dry", "--train_file=tiny.xyz", "--dry_run"]
+    assert run_main(tmp_path, argv) == 0
+    assert_no_training_outputs(tmp_path, "dry")
+    assert not (tmp_path / "results" / "dry_run-123_valid_indices.txt").exists()
+    log = (tmp_path / "logs" / "dry_run-123.log").read_text()
+    assert "Data: 5 training, 5 validation configurations" in log
+    assert re.search(r"Model \([\d,]+ trainable of [\d,]+ parameters\):", log) and "ScaleShiftMACE(" in log
+    assert "Dry run: flags, data and model checked; stopping before training (no model file written)" in log
+    assert "Epoch 0" not in log
 
 
 @pytest.mark.parametrize("flag", ["--train_file", "--test_file"])

@@ -11,6 +11,7 @@ from mace.data import (
     compute_average_e0s,
     config_from_atoms,
     group_by_config_type,
+    has_label,
     load_from_xyz,
     random_train_valid_split,
 )
@@ -55,9 +56,10 @@ def test_custom_keys_and_absent_forces(tmp_path):
     _, configs = load_from_xyz(str(tmp_path / "r.xyz"), energy_key="REF_energy")
     assert configs[0].energy == -3.0
     assert configs[0].forces is None and configs[0].forces_weight == 0.0
-    with pytest.raises(UserInputError, match="no forces under key 'forces'"):
-        check_labels(configs, need_forces=True, path="r.xyz")
-    check_labels(configs, need_forces=False, path="r.xyz")
+    keys = {"energy": "REF_energy", "forces": "forces"}
+    with pytest.raises(UserInputError, match="r.xyz has no forces under key 'forces' in any frame.*--forces_key"):
+        check_labels(configs, "r.xyz", keys, required=("energy", "forces"))
+    check_labels(configs, "r.xyz", keys, required=("energy",))
 
 
 def test_config_from_atoms_stress_voigt_weights_and_calculator():
@@ -117,16 +119,65 @@ def test_malformed_file_is_a_user_error_naming_the_file(tmp_path, text):
         load_from_xyz(str(tmp_path / "broken.xyz"))
 
 
-def test_frame_without_energy_names_frame_and_key(tmp_path):
-    frames = [("energy=-1.0", WATER), ("other=2.0 config_type=md", WATER)]
+def test_frames_without_a_label_get_zero_weight_and_one_warning_per_label(tmp_path, caplog):
+    frames = [("energy=-1.0", WATER), ("other=2.0 config_type=md", WATER), ("energy=-2.0", WATER),
+              ("other=3.0", WATER)]
+    path = write_frames(tmp_path / "noe.xyz", frames)
+    with caplog.at_level("WARNING"):
+        _, configs = load_from_xyz(path, required_labels=("energy", "forces"), role="train")
+    assert [c.energy_weight for c in configs] == [1.0, 0.0, 1.0, 0.0]
+    assert configs[1].energy is None and configs[1].properties["energy"] is None
+    assert configs[1].property_weights["energy"] == 0.0 and configs[0].property_weights["energy"] == 1.0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{path}: 2 of 4 frames have no 'energy'; they train with zero energy weight"]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_from_xyz(path, required_labels=("energy",), role="validate")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: 2 of 4 frames have no 'energy'; they are validated with zero energy weight"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_from_xyz(path)  # no role (test files, scripts): no check, no warning
+    assert caplog.records == []
+
+
+def test_check_labels_counts_each_label_and_refuses_a_key_no_frame_has(caplog):
+    def frame(**labels) -> Configuration:
+        return Configuration(np.array([8, 1, 1]), np.zeros((3, 3)), **labels)
+
+    forces = np.zeros((3, 3))
+    configs = [frame(energy=-1.0, forces=forces, stress=np.zeros(6)), frame(forces=forces),
+               frame(energy=-2.0), frame(energy=-3.0, forces=forces)]
+    keys = {"energy": "E", "forces": "F", "stress": "S", "virials": "V"}
+    with caplog.at_level("WARNING"):
+        check_labels(configs, "t.xyz", keys)
+    assert [r.getMessage() for r in caplog.records] == [
+        "t.xyz: 1 of 4 frames have no 'E'; they train with zero energy weight",
+        "t.xyz: 1 of 4 frames have no 'F'; they train with zero forces weight",
+        "t.xyz: 3 of 4 frames have no 'S'; they train with zero stress weight",
+    ]  # virials: no frame has them and they are not required, so nothing to say
+    with pytest.raises(UserInputError, match=r"t.xyz has no energy under key 'E' in any frame "
+                                             r"\(keys present in frame 0: a, b\); pass the right --energy_key"):
+        check_labels([frame(forces=forces)] * 2, "t.xyz", keys, keys_present=["a", "b"])
+
+
+def test_a_key_no_frame_has_names_the_file_the_key_and_the_keys_present(tmp_path):
+    frames = [("other=2.0 config_type=md", WATER), ("other=1.0", WATER)]
     path = write_frames(tmp_path / "noe.xyz", frames)
     with pytest.raises(UserInputError) as error:
-        load_from_xyz(path, energy_key="energy")
+        load_from_xyz(path, energy_key="energy", required_labels=("energy", "forces"), role="train")
     message = str(error.value)
-    assert "noe.xyz frame 1 has no 'energy' energy" in message
-    assert "config_type" in message and "other" in message
-    _, configs = load_from_xyz(path, require_energy=False)
+    assert f"{path} has no energy under key 'energy' in any frame" in message
+    assert "config_type" in message and "other" in message and "--energy_key" in message
+    _, configs = load_from_xyz(path)
     assert configs[1].energy is None and configs[1].energy_weight == 0.0
+
+
+def test_has_label_needs_the_label_and_a_non_zero_weight():
+    labelled = Configuration(np.array([1]), np.zeros((1, 3)), energy=-1.0)
+    assert has_label(labelled, "energy") and not has_label(labelled, "forces")
+    assert not has_label(Configuration(np.array([1]), np.zeros((1, 3)), energy=-1.0, energy_weight=0.0), "energy")
 
 
 @pytest.mark.parametrize("key, bad", [
@@ -149,7 +200,7 @@ def test_non_finite_label_names_file_frame_and_key(tmp_path, key, bad):
     with pytest.raises(UserInputError, match=rf"labels\.xyz frame 2: \w+ '{key}' holds NaN or inf"):
         load_from_xyz(path, **keys)
     with pytest.raises(UserInputError, match=f"frame 2: .*'{key}'"):  # test files too
-        load_from_xyz(path, require_energy=False, **keys)
+        load_from_xyz(path, role="train", required_labels=("energy", "forces"), **keys)
 
 
 def test_unknown_chemical_symbol_in_file(tmp_path):
@@ -207,6 +258,18 @@ def test_average_e0s_recover_per_element_energies():
     assert set(e0s) == set(true_e0)
     for z, value in true_e0.items():
         assert e0s[z] == pytest.approx(value, abs=1e-8)
+
+
+def test_average_e0s_leave_out_frames_without_an_energy_or_with_zero_energy_weight():
+    true_e0 = {1: -13.6, 8: -2041.9}
+    configs = [Configuration(np.array(zs), np.zeros((len(zs), 3)), energy=sum(true_e0[z] for z in zs))
+               for zs in ([8, 1, 1], [8, 8], [1, 1], [8, 1])]
+    configs.append(Configuration(np.array([8, 1]), np.zeros((2, 3))))  # no energy
+    configs.append(Configuration(np.array([8]), np.zeros((1, 3)), energy=1e6, energy_weight=0.0))
+    e0s = compute_average_e0s(configs, atomic_number_table_from_zs(true_e0))
+    assert e0s == pytest.approx(true_e0, abs=1e-8)
+    with pytest.raises(UserInputError, match="no configuration has an energy"):
+        compute_average_e0s(configs[4:], atomic_number_table_from_zs(true_e0))
 
 
 def test_average_e0s_single_composition_gives_minimum_norm_solution():

@@ -24,8 +24,8 @@ def test_rmd17_reference_keys(shared_dir):
 
 def test_rmd17_with_default_energy_key_names_the_keys_present(shared_dir):
     path = shared_dir / "repro_data/dataset/dataset_rmd17/revised_aspirin/valid.xyz"
-    with pytest.raises(UserInputError, match="frame 0 has no 'energy' energy .*REF_energy"):
-        load_from_xyz(str(path))
+    with pytest.raises(UserInputError, match="has no energy under key 'energy' in any frame .*REF_energy"):
+        load_from_xyz(str(path), required_labels=("energy", "forces"), role="train")
 
 
 def test_botnet_keys_moved_to_calculator_by_ase(shared_dir):

@@ -5,6 +5,7 @@ The Trainer tests use a tiny model on synthetic water molecules, so they need no
 and each epoch is one small batch.
 """
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -42,7 +43,7 @@ from mace.core.errors import UserInputError
 from mace.training.metrics import TABLE_COLUMNS, ErrorAccumulator, error_table, evaluation_summary
 from mace.training.optim import OptimizerSettings, build_optimizer, parameter_groups
 from mace.training.reporting import evaluate_sets
-from mace.data.statistics import resolve_e0s
+from mace.data.statistics import interaction_energies_per_atom, resolve_e0s, scale_and_shift
 from mace.training.train import SWASettings, Trainer, TrainingDivergedError, evaluate, output_request_for
 
 Batch = Dict[str, torch.Tensor]
@@ -138,6 +139,76 @@ def test_huber_loss_matches_the_piecewise_formula_on_per_atom_energies_and_force
     expected = 2.0 * _numpy_huber(de_atom, delta) + 5.0 * _numpy_huber(df, delta)
     loss = WeightedHuberEnergyForcesStressLoss(2.0, 5.0, 1.0, huber_delta=delta)
     assert loss(batch, output).item() == pytest.approx(expected, rel=1e-12)
+
+
+def unlabelled_copy(batch: Batch, output: Batch, graph: int, label: str) -> Tuple[Batch, Batch]:
+    """The batch with ``graph``'s ``label`` made absent (zero weight, zero placeholder), as a
+    frame without the key reads; the output is returned unchanged alongside."""
+    batch = dict(batch)
+    weight = batch[f"{label}_weight"].clone()
+    weight[graph] = 0.0
+    batch[f"{label}_weight"] = weight
+    values = batch[label].clone()
+    if label == "energy":
+        values[graph] = 0.0
+    else:
+        values[batch["batch"] == graph] = 0.0
+    batch[label] = values
+    return batch, output
+
+
+def drop_graph(batch: Batch, output: Batch, graph: int) -> Tuple[Batch, Batch]:
+    """The 2-graph batch with ``graph``'s energy kept out by hand (for the expected values)."""
+    keep = 1 - graph
+    nodes = batch["batch"] == keep
+    sizes = np.diff(batch["ptr"].numpy())
+    reduced = {
+        "ptr": torch.tensor([0, sizes[keep]]), "batch": torch.zeros(int(sizes[keep]), dtype=torch.long),
+        "energy": batch["energy"][[keep]], "forces": batch["forces"][nodes],
+        "weight": batch["weight"][[keep]], "energy_weight": batch["energy_weight"][[keep]],
+        "forces_weight": batch["forces_weight"][[keep]],
+    }
+    return reduced, {"energy": output["energy"][[keep]], "forces": output["forces"][nodes]}
+
+
+ENERGY_LOSSES = {
+    "ef": lambda forces_weight: EnergyForcesLoss(3.0, forces_weight),
+    "weighted": lambda forces_weight: WeightedEnergyForcesLoss(3.0, forces_weight),
+    "huber": lambda forces_weight: WeightedHuberEnergyForcesStressLoss(3.0, forces_weight, 1.0, huber_delta=0.01),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENERGY_LOSSES))
+def test_a_frame_without_energy_adds_nothing_to_the_energy_term(name: str) -> None:
+    """Its predicted energy may be anything: the loss is as if the frame's energy term were 0."""
+    loss, energy_only = ENERGY_LOSSES[name](10.0), ENERGY_LOSSES[name](0.0)
+    batch, output = hand_batch(np.random.default_rng(8), [2, 3], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0])
+    missing, _ = unlabelled_copy(batch, output, graph=1, label="energy")
+    moved = dict(output, energy=output["energy"] + torch.tensor([0.0, 50.0]))
+    assert loss(missing, moved).item() == pytest.approx(loss(missing, output).item(), rel=1e-12)
+    kept, kept_output = drop_graph(batch, output, graph=1)
+    # The mean still runs over both graphs (as upstream's weighted losses): half the one-graph term.
+    assert energy_only(missing, output).item() == pytest.approx(0.5 * energy_only(kept, kept_output).item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("loss", [EnergyForcesLoss(3.0, 10.0), WeightedForcesLoss(10.0),
+                                  WeightedHuberEnergyForcesStressLoss(3.0, 10.0, 1.0, huber_delta=0.01)])
+def test_a_frame_without_forces_adds_nothing_to_the_forces_term(loss: torch.nn.Module) -> None:
+    batch, output = hand_batch(np.random.default_rng(9), [2, 3], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0])
+    missing, _ = unlabelled_copy(batch, output, graph=0, label="forces")
+    moved = dict(output, forces=output["forces"] + (batch["batch"] == 0).unsqueeze(-1) * 7.0)
+    assert loss(missing, moved).item() == pytest.approx(loss(missing, output).item(), rel=1e-12)
+    assert loss(missing, output).item() != pytest.approx(loss(batch, output).item())
+
+
+def test_huber_stress_term_leaves_out_frames_without_stress() -> None:
+    batch, output = hand_batch(np.random.default_rng(10), [2, 3], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0])
+    batch["stress"] = torch.zeros(2, 3, 3)
+    batch["stress_weight"] = torch.tensor([1.0, 0.0])
+    output["stress"] = torch.zeros(2, 3, 3)
+    loss = WeightedHuberEnergyForcesStressLoss(0.0, 0.0, 1.0, huber_delta=0.01)
+    assert loss(batch, dict(output, stress=output["stress"] + torch.tensor([0.0, 3.0]).view(-1, 1, 1))).item() == 0.0
+    assert loss(batch, dict(output, stress=output["stress"] + torch.tensor([3.0, 0.0]).view(-1, 1, 1))).item() > 0.0
 
 
 @pytest.mark.parametrize(
@@ -254,6 +325,26 @@ def test_average_e0s_recover_known_per_element_energies() -> None:
     assert set(e0s) == {1, 6, 8}
     for z, value in KNOWN_E0S.items():
         assert e0s[z] == pytest.approx(value, abs=1e-8)
+
+
+def test_data_statistics_leave_out_frames_without_the_label_or_with_zero_weight_for_it() -> None:
+    rng = np.random.default_rng(11)
+    e0s = {1: -0.5, 8: -13.0}
+    labelled = [water(rng) for _ in range(4)]
+    no_energy = dataclasses.replace(water(rng), energy=None)
+    zero_energy_weight = dataclasses.replace(water(rng), energy=1e6, energy_weight=0.0)
+    no_forces = dataclasses.replace(water(rng), forces=None)
+    zero_forces_weight = dataclasses.replace(water(rng), forces=np.full((3, 3), 1e3), forces_weight=0.0)
+    mixed = labelled + [no_energy, zero_energy_weight, no_forces, zero_forces_weight]
+    energies = interaction_energies_per_atom(mixed, e0s)
+    assert len(energies) == 6  # the four labelled frames and the two whose forces are missing
+    assert np.max(np.abs(energies)) < 10.0
+    scale, _ = scale_and_shift("rms_forces_scaling", mixed, e0s)
+    forces = np.concatenate([c.forces.reshape(-1) for c in labelled + [no_energy, zero_energy_weight]])
+    assert scale == pytest.approx(float(np.sqrt(np.mean(forces**2))), rel=1e-12)
+    table = AtomicNumberTable([1, 8])
+    assert resolve_e0s("average", mixed, {}, table) == pytest.approx(
+        resolve_e0s("average", labelled + [no_forces, zero_forces_weight], {}, table))
 
 
 def test_explicit_e0s_are_restricted_to_the_model_s_elements() -> None:
