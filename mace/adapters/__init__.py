@@ -1,7 +1,8 @@
 """Parameter-efficient fine-tuning of a frozen MACE foundation model: the one place for adapters.
 
 Methods (``registry.METHODS``): 'mmea' (magnitude-modulated equivariant adapters, the
-default), 'elora' (equivariant low-rank updates) and 'none' (full fine-tuning).
+default), 'elora' (equivariant low-rank updates), 'lora' (upstream mace-torch's LoRA) and
+'none' (full fine-tuning).
 :func:`inject_adapters` decides, once, which parameters train (``requires_grad``); training
 code only ever asks ``p.requires_grad``. ``prepare`` turns a foundation file into the model
 a run trains; ``io`` writes and reads adapter files.
@@ -10,13 +11,13 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from mace.adapters.config import ELoRAConfig, MMEAConfig
+from mace.adapters.config import ELoRAConfig, LoRAConfig, MMEAConfig
 from mace.adapters.elora import LowRankUpdate, merge_elora
 from mace.adapters.mmea import MMEALinear, mmea_banner
 from mace.adapters.registry import METHODS, AdapterMethod, adapter_method
 from mace.modules.models import MACE
 
-AdapterConfig = Optional[Union[MMEAConfig, ELoRAConfig]]
+AdapterConfig = Optional[Union[MMEAConfig, ELoRAConfig, LoRAConfig]]
 ADAPTER_MODULES = (MMEALinear, LowRankUpdate)
 
 
@@ -78,6 +79,7 @@ __all__ = [
     "METHODS",
     "AdapterMethod",
     "ELoRAConfig",
+    "LoRAConfig",
     "MMEAConfig",
     "adapter_method",
     "adapter_parameter_ids",

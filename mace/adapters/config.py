@@ -83,6 +83,24 @@ class ELoRAConfig:
 
 
 @dataclass(frozen=True)
+class LoRAConfig:
+    """Upstream's LoRA (mace-torch 0.3.16 ``--lora``): low-rank updates (alpha / rank) A B of
+    every linear layer; upstream's defaults rank 4, alpha 1."""
+
+    rank: int = setting(4, Knob("lora_rank", int, "Rank of the LoRA updates (--adapter lora, upstream's "
+                                "--lora).", check=POSITIVE_INTEGER))
+    alpha: float = setting(1.0, Knob("lora_alpha", float, "LoRA scale numerator: updates carry "
+                                     "alpha / rank.", check=FINITE_POSITIVE))
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+@dataclass(frozen=True)
 class MMEAConfig:
     """Magnitude-modulated gates on every o3.Linear, ELoRA updates on the other weights.
 

@@ -20,14 +20,14 @@ lower-order symmetric-contraction weights; every other foundation weight is froz
 once, with ``requires_grad=False``.
 """
 from math import prod
-from typing import List, Tuple
+from typing import List, Tuple, Union
 
 import torch
 from e3nn import nn as e3nn_nn
 from e3nn import o3
 from torch.func import functional_call
 
-from mace.adapters.config import ELoRAConfig
+from mace.adapters.config import ELoRAConfig, LoRAConfig
 from mace.modules.models import MACE
 from mace.modules.radial import BesselBasis
 from mace.modules.symmetric_contraction import Contraction
@@ -51,7 +51,7 @@ def replace_submodule(model: torch.nn.Module, path: str, module: torch.nn.Module
 class LowRankUpdate(torch.nn.Module):
     """A frozen module whose parameter ``param_name`` is used as weight + delta()."""
 
-    def __init__(self, base: torch.nn.Module, param_name: str, config: ELoRAConfig) -> None:
+    def __init__(self, base: torch.nn.Module, param_name: str, config: Union[ELoRAConfig, LoRAConfig]) -> None:
         super().__init__()
         self.base = base
         self.param_name = param_name
@@ -189,7 +189,8 @@ def inject_elora(model: MACE, config: ELoRAConfig) -> MACE:
 
 
 def merge_elora(model: MACE) -> MACE:
-    """Fold every low-rank update into its base weight and drop the wrappers (in place)."""
+    """Fold every low-rank update (ELoRA's, LoRA's: any :class:`LowRankUpdate`) into its base
+    weight and drop the wrappers (in place)."""
     wrappers = [(path, m) for path, m in model.named_modules() if isinstance(m, LowRankUpdate)]
     _install(model, [(path, wrapper.merged()) for path, wrapper in wrappers])
     return model

@@ -7,8 +7,9 @@ function, then add one :class:`AdapterMethod` to :data:`METHODS`.
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
-from mace.adapters.config import ELoRAConfig, MMEAConfig
+from mace.adapters.config import ELoRAConfig, LoRAConfig, MMEAConfig
 from mace.adapters.elora import inject_elora, make_radial_basis_trainable, merge_elora
+from mace.adapters.lora import inject_lora, lora_banner
 from mace.adapters.mmea import inject_mmea, mmea_banner
 from mace.modules.models import MACE
 
@@ -44,6 +45,8 @@ METHODS: Dict[str, AdapterMethod] = {
         AdapterMethod("mmea", "magnitude-modulated equivariant adapters (the default with --foundation_model)",
                       MMEAConfig, inject_mmea, banner=lambda config: mmea_banner(config.rank)),
         AdapterMethod("elora", "equivariant low-rank updates", ELoRAConfig, inject_elora, merge=merge_elora),
+        AdapterMethod("lora", "upstream mace-torch's LoRA (its --lora): low-rank updates of every linear layer",
+                      LoRAConfig, inject_lora, merge=merge_elora, banner=lora_banner),
         AdapterMethod("none", "train every weight (the default without a foundation model)", None, train_everything),
     )
 }

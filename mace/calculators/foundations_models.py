@@ -23,11 +23,17 @@ from mace.calculators.mace import (
 from mace.core.errors import UserInputError
 from mace.modules.loading import load_model
 
+# mace_mp's names (upstream 0.3.16's mace_mp_urls), which are also their keys in the table.
+MACE_MP_NAMES = (
+    "small", "medium", "large", "small-0b", "medium-0b", "small-0b2", "medium-0b2", "large-0b2",
+    "medium-0b3", "medium-mpa-0", "small-omat-0", "medium-omat-0", "mace-matpes-pbe-0",
+    "mace-matpes-r2scan-0", "mh-0", "mh-1",
+)
 # Each helper's published names -> the key of that model in mace.adapters.prepare.PUBLISHED_MODELS.
 PUBLISHED_NAMES: Dict[str, Dict[str, str]] = {
-    "mace_mp": {"small": "small", "medium": "medium", "large": "large"},
+    "mace_mp": {name: name for name in MACE_MP_NAMES},
     "mace_off": {"small": "small_off", "medium": "medium_off", "large": "large_off"},
-    "mace_omol": {},
+    "mace_omol": {"extra_large": "mace_omol"},
 }
 # The name each helper uses for model=None, as upstream 0.3.x (before 0.3.10 for mace_mp).
 DEFAULT_NAMES = {"mace_mp": "medium", "mace_off": "medium", "mace_omol": "extra_large"}
@@ -84,7 +90,9 @@ def mace_mp(
 ) -> Union[MACECalculator, torch.nn.Module]:
     """A calculator with a MACE-MP foundation model (Materials Project, 89 elements).
 
-    ``model``: 'small', 'medium' (the default) or 'large', or a model file path. ``device``:
+    ``model``: 'small', 'medium' (the default), 'large' or another name of upstream's
+    (:data:`MACE_MP_NAMES`: 'medium-mpa-0', 'small-omat-0', 'mh-1', ...), or a model file
+    path; architectures this version cannot load yet are refused when loading. ``device``:
     '' picks CUDA when available, else the CPU. ``dispersion=True`` (D3 through torch-dftd,
     with ``damping``, ``dispersion_xc``, ``dispersion_cutoff``) is not supported and refused.
     ``return_raw_model=True`` returns the loaded model instead of a calculator.
@@ -117,6 +125,7 @@ def mace_omol(
     return_raw_model: bool = False,
     **kwargs,
 ) -> Union[MACECalculator, torch.nn.Module]:
-    """A calculator with a MACE-OMOL model file. Its published model ('extra_large', the
-    default) is not in this version's table yet: pass the path of a downloaded file."""
+    """A calculator with a MACE-OMOL model: 'extra_large' (the default, upstream's published
+    model) or a model file path; an architecture this version cannot load yet is refused
+    when loading."""
     return _calculator("mace_omol", model, device, default_dtype, return_raw_model, kwargs)

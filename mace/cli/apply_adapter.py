@@ -1,7 +1,7 @@
 """Apply an adapter file to its foundation model and write the fine-tuned model file.
 
 python -m mace.cli.apply_adapter --foundation_model F.model --adapter_file A.pt --output OUT.model [--merge]
-With --merge the low-rank (ELoRA) updates are folded into the weights, so the written
+With --merge the low-rank (ELoRA, LoRA) updates are folded into the weights, so the written
 model runs as fast as the foundation; MMEA gates depend on the input and stay as modules.
 """
 import argparse

@@ -8,9 +8,10 @@ that a user gets a message that says what is missing rather than "unrecognized
 argument"), then rejected by :func:`parse_args` with a clear error. On top of upstream's
 flags come the fine-tuning adapter flags (``--adapter`` and the settings of each method),
 built from the adapter registry (``mace.adapters.registry``) and resolved with the
-reference implementation's environment knobs by ``mace.adapters.settings``.
+reference implementation's environment knobs by ``mace.adapters.settings``; upstream
+0.3.16's ``--lora`` switch is another way to say ``--adapter lora``.
 
-Public API: :func:`build_parser`, :func:`parse_args`, :func:`adapter_settings`,
+Public API: :func:`build_parser`, :func:`parse_args`, :func:`adapter_choice`, :func:`adapter_settings`,
 :class:`UserInputError` (re-exported from ``mace.core.errors``);
 :func:`defining_settings` and :data:`RESTART_MAY_CHANGE` (what a restart must keep);
 the steps of :func:`parse_args` (:func:`config_file_defaults`,
@@ -42,6 +43,7 @@ from mace.core.errors import UserInputError  # shared with data and model loadin
 # Label keys of models this fork does not have: only their upstream defaults are accepted.
 UNUSED_KEYS = {"dipole_key": "dipole", "charges_key": "charges"}
 SUPPORTED_SCHEDULERS = ("ReduceLROnPlateau", "ExponentialLR")
+LORA_METHOD = "lora"  # the adapter method upstream's --lora switch selects
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _TRUE_WORDS = ("true", "t", "yes", "y", "1", "on")
@@ -434,6 +436,9 @@ def _add_finetuning_flags(parser: argparse.ArgumentParser) -> None:
     methods = "; ".join(f"'{name}': {method.summary}" for name, method in METHODS.items())
     _value(g, "--adapter", str, None, f"How to fine-tune a foundation model: {methods}.",
            choices=list(METHODS))
+    _value(g, "--lora", str2bool, False,
+           "Upstream's LoRA switch (true/false; bare --lora is true): the same as --adapter "
+           f"{LORA_METHOD}, and refused with any other --adapter.", nargs="?", const=True)
     for flag, (default, knob) in adapter_knobs().items():
         fallback = f"${knob.env}, else {default}" if knob.env else f"{default}"
         _value(g, f"--{flag}", knob.kind, None, f"{knob.help} Default: {fallback}.",
@@ -771,11 +776,24 @@ def resolve_start_swa(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def adapter_choice(args: argparse.Namespace) -> Optional[str]:
+    """The method the flags ask for: ``--adapter``, or 'lora' for upstream's ``--lora``
+    (None: the run's default); a ``--lora`` that contradicts ``--adapter`` is a UserInputError."""
+    if not getattr(args, "lora", False):
+        return args.adapter
+    if args.adapter not in (None, LORA_METHOD):
+        raise UserInputError(
+            f"--lora (upstream's switch for --adapter {LORA_METHOD}) contradicts --adapter "
+            f"{args.adapter}: give only one of them"
+        )
+    return LORA_METHOD
+
+
 def adapter_settings(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None) -> AdapterSettings:
     """The method and its settings from the adapter flags and the MMEA_* variables (a flag
     always wins); UserInputError names the flag or variable at fault."""
     environ = os.environ if environ is None else environ
-    return resolve_adapter_settings(args.adapter, bool(args.foundation_model), vars(args), environ)
+    return resolve_adapter_settings(adapter_choice(args), bool(args.foundation_model), vars(args), environ)
 
 
 # --------------------------------------------------------------------------------------
@@ -796,8 +814,9 @@ RESTART_MAY_CHANGE = frozenset({
 
 def defining_settings(args: argparse.Namespace) -> Dict[str, Any]:
     """Every flag but :data:`RESTART_MAY_CHANGE`, with the adapter flags as resolved from the
-    MMEA_* variables too: what a resumed run must share with its checkpoint (plain data)."""
-    flags = {flag: value for flag, value in vars(args).items() if flag not in RESTART_MAY_CHANGE | {"adapter_settings"}}
+    MMEA_* variables too: what a resumed run must share with its checkpoint (plain data).
+    ``--lora`` is recorded as the method it selects (``--adapter lora`` resumes it)."""
+    flags = {flag: value for flag, value in vars(args).items() if flag not in RESTART_MAY_CHANGE | {"adapter_settings", "lora"}}
     return {**flags, **args.adapter_settings.record()}
 
 

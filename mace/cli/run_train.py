@@ -90,7 +90,7 @@ class RunPaths:
 
     @staticmethod
     def merged_file(model: Path) -> Path:
-        """NAME_merged.model, the ELoRA model with its updates folded in."""
+        """NAME_merged.model, the ELoRA or LoRA model with its updates folded in."""
         return model.with_name(f"{model.stem}_merged.model")
 
     def final_files(self) -> List[Path]:
@@ -241,7 +241,7 @@ def save_final_model(model: MACE, target: Path, args: argparse.Namespace) -> Non
 
 def save_finetuning_outputs(model: MACE, args: argparse.Namespace, argv: Sequence[str], model_path: Path) -> None:
     """Next to NAME.model: NAME_adapter.pt (only trained tensors) and, where the method can
-    fold its adapter in (ELoRA), NAME_merged.model."""
+    fold its adapter in (ELoRA, LoRA), NAME_merged.model."""
     settings = args.adapter_settings
     adapter_path = RunPaths.adapter_file(model_path)
     foundation = resolve_foundation_path(args.foundation_model, downloads_folder(args, argv))

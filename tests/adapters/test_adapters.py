@@ -2,10 +2,12 @@
 import numpy as np
 import pytest
 import torch
+from e3nn import nn as e3nn_nn
 from e3nn import o3
 
-from mace.adapters import ELoRAConfig, MMEAConfig, inject_adapters, merge_elora
+from mace.adapters import ELoRAConfig, LoRAConfig, MMEAConfig, inject_adapters, merge_elora
 from mace.adapters.elora import LowRankUpdate
+from mace.adapters.lora import DenseLoRA, IrrepsLoRA
 from mace.adapters.mmea import MMEALinear
 
 from .conftest import energies_forces, make_batch, max_difference, perturb_trainable
@@ -14,6 +16,7 @@ ADAPTERS = [
     ("mmea", MMEAConfig(rank=4, init="zero")),
     ("mmea", MMEAConfig(rank=4, std=0.01, phi="res")),
     ("elora", ELoRAConfig(rank=4, alpha=8.0)),
+    ("lora", LoRAConfig(rank=4, alpha=2.0)),
 ]
 
 
@@ -23,7 +26,7 @@ def _orthogonal(seed: int, reflect: bool) -> np.ndarray:
     return -q if reflect else q
 
 
-@pytest.mark.parametrize("method, settings", [ADAPTERS[0], ("elora", ELoRAConfig())])
+@pytest.mark.parametrize("method, settings", [ADAPTERS[0], ("elora", ELoRAConfig()), ("lora", LoRAConfig())])
 def test_zero_initialised_adapter_predicts_as_foundation(small_hco, acac_frames, method, settings):
     batch = make_batch(small_hco, acac_frames)
     reference = energies_forces(small_hco, batch)
@@ -82,7 +85,7 @@ def test_training_moves_only_trainable_parameters(small_hco, acac_frames, method
     assert frozen and trainable
 
 
-@pytest.mark.parametrize("method, settings", [ADAPTERS[1], ADAPTERS[2]])
+@pytest.mark.parametrize("method, settings", [ADAPTERS[1], ADAPTERS[2], ADAPTERS[3]])
 def test_merge_folds_low_rank_updates(small_hco, small_hco_template, acac_frames, method, settings):
     batch = make_batch(small_hco, acac_frames)
     model = inject_adapters(small_hco, method, settings)
@@ -91,8 +94,47 @@ def test_merge_folds_low_rank_updates(small_hco, small_hco_template, acac_frames
     merged = merge_elora(model)
     assert max_difference(before, energies_forces(merged, batch)) < 1e-10
     assert not any(isinstance(m, LowRankUpdate) for m in merged.modules())
-    if method == "elora":
+    if method != "mmea":
         assert merged.state_dict().keys() == small_hco_template.state_dict().keys()
+        bessel = small_hco_template.radial_embedding.bessel_fn.bessel_weights.numel()
         assert sum(p.numel() for p in merged.parameters()) == sum(
             p.numel() for p in small_hco_template.parameters()
-        ) + small_hco_template.radial_embedding.bessel_fn.bessel_weights.numel()
+        ) + (bessel if method == "elora" else 0)  # ELoRA trains the Bessel frequencies, LoRA does not
+
+
+def test_lora_wraps_upstreams_layers_and_trains_only_its_factors(small_hco):
+    linears = sum(isinstance(m, o3.Linear) for m in small_hco.modules())
+    dense = sum(len(list(m.children())) for m in small_hco.modules() if isinstance(m, e3nn_nn.FullyConnectedNet))
+    model = inject_adapters(small_hco, "lora", LoRAConfig())
+    assert sum(isinstance(m, IrrepsLoRA) for m in model.modules()) == linears == 10
+    assert sum(isinstance(m, DenseLoRA) for m in model.modules()) == dense > 0
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A" in name or ".lora_B" in name for name in trainable)
+    for module in model.modules():
+        if isinstance(module, IrrepsLoRA):
+            assert module.irreps_in == module.base.irreps_in and module.irreps_out == module.base.irreps_out
+            assert not any(b.any() for b in module.lora_B) and module.scale == 0.25
+        elif isinstance(module, DenseLoRA):
+            assert not module.lora_B.any() and module.lora_A.std() < 1e-2 and module.scale == 0.25
+
+
+def test_lora_update_of_an_o3_linear_is_upstreams_two_layer_bottleneck():
+    """B(A(x)) through rank x (irreps shared by input and output), each an o3.Linear with
+    e3nn's normalisation, scaled by alpha / rank, written as a weight update."""
+    base = o3.Linear("16x0e+8x0e+8x1o+4x2e+3x1e", "5x0e+6x1o+2x0e+3x2o")
+    wrapper = IrrepsLoRA(base, LoRAConfig(rank=3, alpha=2.0))
+    assert [tuple(a.shape) for a in wrapper.lora_A] == [(16, 3), (8, 3), (8, 3)]  # 0e, 0e, 1o inputs
+    assert [tuple(b.shape) for b in wrapper.lora_B] == [(3, 5), (3, 6), (3, 2)]  # 0e, 1o, 0e outputs
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for factor in wrapper.lora_B:
+            factor.normal_()
+    down, up = o3.Linear(base.irreps_in, "3x0e+3x1o"), o3.Linear("3x0e+3x1o", base.irreps_out)
+    with torch.no_grad():
+        down.weight.copy_(torch.cat([wrapper.lora_A[ins.i_in].reshape(-1) for ins in down.instructions]))
+        up.weight.copy_(torch.cat([wrapper.lora_B[ins.i_out].reshape(-1) for ins in up.instructions]))
+    x = torch.randn(7, base.irreps_in.dim)
+    expected = base(x) + (2.0 / 3) * up(down(x))
+    assert torch.allclose(wrapper(x), expected, atol=1e-12, rtol=0)
+    merged_output = wrapper.merged()(x)
+    assert torch.allclose(merged_output, expected, atol=1e-12, rtol=0)

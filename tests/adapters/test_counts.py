@@ -34,15 +34,31 @@ channels, W_a: r->n0_out), 51,842:
   12,816; products 6,416 + 4,240; readouts 2,064+17, 2,064+272, 272+17 = 4,706
   -> 151,354.  With r = 32 for the gates (low-rank factors stay rank 16): 101,746 + 99,512
   = 201,258.
+
+Upstream's LoRA (0.3.16 ``--lora``, rank r = 4, alpha 1) on the shared foundation
+MACE-rMD17x9_c64 (64 channels, L = 1, 2 interactions, radial MLP 8-64-64-64) restricted to
+H, C, O: 16,340, the anchor of ../shared/docs/anchors.md. Per o3.Linear r * (input
+channels + output channels of the irreps both sides have); per radial MLP layer
+r * (h_in + h_out):
+  node_embedding 4*(3+64) = 268; int0 linear_up 512, linear (4 irreps) 2,048;
+  int1 linear_up 1,024, linear 4*(128+192+192+128) + 4*256 = 3,584;
+  radial MLPs 288 + 512 + 512 + 4*(64+256) = 2,592 and 288 + 512 + 512 + 4*(64+640) = 4,128;
+  products 1,024 + 512; readouts 4*(64+1) = 260, 4*(64+16) = 320, 4*(16+1) = 68.
+The same foundation's anchors of the other methods: MMEA 72,378, ELoRA 84,552, full
+fine-tuning 204,440. The same rule on the MACE-OFF23 medium architecture above gives 29,396:
+  node_embedding 4*(3+128) = 524; int0 linear_up 1,024, linear 4,096; int1 linear_up 2,048,
+  linear 4*(1280+512) = 7,168; radial MLPs 1,312 + 4*(64+512) and 1,312 + 4*(64+1280);
+  products 2,048 + 1,024; readouts 4*129 + 4*144 + 4*17 = 1,160.
 """
 import copy
 
 import pytest
 import torch
 
-from mace.adapters import ELoRAConfig, MMEAConfig, count_trainable, inject_adapters, trainable_parameter_table
+from mace.adapters import ELoRAConfig, LoRAConfig, MMEAConfig, count_trainable, inject_adapters, trainable_parameter_table
 from mace.modules.loading import load_model
 from mace.adapters.foundation import restrict_to_elements
+from tests.shared import shared_folder_or_skip
 
 from .conftest import HCO, model_path
 
@@ -59,6 +75,7 @@ def off23_hco() -> torch.nn.Module:
         ("elora", ELoRAConfig(rank=16), 175_880),
         ("mmea", MMEAConfig(rank=32), 201_258),
         ("none", None, 751_896),
+        ("lora", LoRAConfig(), 29_396),  # upstream's rule (below), no reference run on this model
     ],
 )
 def test_reference_trainable_counts(off23_hco, method, settings, expected):
@@ -67,6 +84,39 @@ def test_reference_trainable_counts(off23_hco, method, settings, expected):
     table = trainable_parameter_table(model)
     assert sum(count for _, count in table) == expected
     assert len({path for path, _ in table}) == len(table)
+
+
+@pytest.fixture(scope="module")
+def rmd17_hco() -> torch.nn.Module:
+    """The shared foundation of docs/anchors.md, restricted to aspirin's elements."""
+    path = shared_folder_or_skip() / "repro_data" / "foundation_model" / "MACE-rMD17x9_c64.model"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (python repro_data/fetch.py)")
+    return restrict_to_elements(load_model(path, dtype=torch.float64), HCO)
+
+
+@pytest.mark.parametrize(
+    "method, settings, expected",
+    [
+        ("lora", LoRAConfig(rank=4, alpha=1.0), 16_340),
+        ("mmea", MMEAConfig(rank=16), 72_378),
+        ("elora", ELoRAConfig(rank=16, alpha=16.0), 84_552),
+        ("none", None, 204_440),
+    ],
+)
+def test_anchor_trainable_counts_on_the_shared_foundation(rmd17_hco, method, settings, expected):
+    model = inject_adapters(copy.deepcopy(rmd17_hco), method, settings)
+    assert count_trainable(model) == expected
+    assert sum(count for _, count in trainable_parameter_table(model)) == expected
+
+
+def test_lora_count_per_module_on_the_shared_foundation(rmd17_hco):
+    rows = dict(trainable_parameter_table(inject_adapters(copy.deepcopy(rmd17_hco), "lora", LoRAConfig())))
+    assert rows["node_embedding.linear"] == 268
+    assert rows["interactions.1.linear"] == 3_584
+    assert rows["interactions.1.conv_tp_weights.layer3"] == 2_816
+    assert rows["readouts.1.linear_2"] == 68
+    assert not any("skip_tp" in path or "symmetric" in path or "bessel" in path for path in rows)
 
 
 def test_full_fine_tuning_trains_every_parameter(off23_hco):

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from mace.adapters import ELoRAConfig, MMEAConfig, count_trainable, inject_adapters
+from mace.adapters import ELoRAConfig, LoRAConfig, MMEAConfig, count_trainable, inject_adapters
 from mace.adapters.elora import LowRankUpdate
 from mace.adapters.io import load_adapted_model, save_adapter
 from mace.cli import apply_adapter
@@ -26,7 +26,8 @@ def _fine_tuned(model, method, settings):
 
 @pytest.mark.parametrize(
     "method, settings",
-    [("mmea", MMEAConfig(rank=4, phi="res")), ("elora", ELoRAConfig(rank=4)), ("none", None)],
+    [("mmea", MMEAConfig(rank=4, phi="res")), ("elora", ELoRAConfig(rank=4)),
+     ("lora", LoRAConfig(rank=2, alpha=3.0)), ("none", None)],
 )
 def test_round_trip_predicts_identically(small_hco, acac_frames, tmp_path, method, settings):
     model = _fine_tuned(small_hco, method, settings)
@@ -54,7 +55,8 @@ def test_wrong_foundation_is_refused(small_hco, tmp_path):
 
 @pytest.mark.parametrize(
     "method, settings, merge",
-    [("elora", ELoRAConfig(rank=4), True), ("mmea", MMEAConfig(rank=4), False)],
+    [("elora", ELoRAConfig(rank=4), True), ("mmea", MMEAConfig(rank=4), False),
+     ("lora", LoRAConfig(), True), ("lora", LoRAConfig(), False)],
 )
 def test_apply_adapter_cli_writes_the_fine_tuned_model(
     small_hco, acac_frames, tmp_path, method, settings, merge

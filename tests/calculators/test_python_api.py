@@ -242,13 +242,36 @@ def test_a_cached_published_model_needs_no_network(no_network: List[str], tmp_pa
 
 
 def test_unknown_names_list_the_known_ones(no_network: List[str]) -> None:
-    with pytest.raises(ValueError, match=r"known: small, medium, large"):
-        mace_mp(model="medium-mpa-0")
-    with pytest.raises(UserInputError, match=r"mace_omol\(model='extra_large'\).*known: none yet"):
-        mace_omol()
+    with pytest.raises(ValueError, match=r"known: small, medium, large, small-0b, .*medium-mpa-0, .*mh-1\)"):
+        mace_mp(model="medium-mpa-9")
+    with pytest.raises(ValueError, match=r"known: extra_large\)"):
+        mace_omol(model="large")
     with pytest.raises(ValueError, match="no such model file"):
         mace_off(model="/nowhere/absent.model")
     assert no_network == []
+
+
+@pytest.mark.parametrize(
+    "helper, name, key",
+    [(mace_mp, "medium-mpa-0", "medium-mpa-0"), (mace_mp, "small-omat-0", "small-omat-0"),
+     (mace_mp, "mace-matpes-r2scan-0", "mace-matpes-r2scan-0"), (mace_mp, "medium-0b3", "medium-0b3"),
+     (mace_mp, "mh-1", "mh-1"), (mace_off, "small", "small_off"), (mace_omol, None, "mace_omol")],
+)
+def test_upstreams_published_names_resolve_to_the_table(no_network: List[str], helper, name, key) -> None:
+    with pytest.raises(UserInputError, match="could not download") as error:
+        helper(model=name)
+    assert isinstance(error.value, RuntimeError)
+    assert no_network == [PUBLISHED_MODELS[key]]
+
+
+def test_every_mace_mp_name_of_upstream_is_in_the_table() -> None:
+    for helper, names in PUBLISHED_NAMES.items():
+        assert all(key in PUBLISHED_MODELS for key in names.values()), helper
+    assert set(PUBLISHED_NAMES["mace_mp"]) == {
+        "small", "medium", "large", "small-0b", "medium-0b", "small-0b2", "medium-0b2", "large-0b2",
+        "medium-0b3", "medium-mpa-0", "small-omat-0", "medium-omat-0", "mace-matpes-pbe-0",
+        "mace-matpes-r2scan-0", "mh-0", "mh-1",
+    }
 
 
 def test_dispersion_is_refused_not_ignored(tmp_path: Path, no_network: List[str]) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.protocols import command_flags, seed_command
 from mace.cli import arg_parser
-from mace.adapters.config import MMEAConfig
+from mace.adapters.config import LoRAConfig, MMEAConfig
 from mace.adapters.settings import AdapterSettings
 from mace.cli.arg_parser import (
     UserInputError,
@@ -527,6 +527,8 @@ def test_reference_3bpa_environment():
         ({}, ["--elora_rank", "0"], "--elora_rank"),
         ({}, ["--elora_alpha", "0"], "--elora_alpha"),
         ({}, ["--elora_alpha", "inf"], "--elora_alpha must be a finite positive number, got inf"),
+        ({}, ["--adapter", "lora", "--lora_rank", "0"], "--lora_rank"),
+        ({}, ["--lora", "--lora_alpha", "-1"], "--lora_alpha must be a finite positive number"),
         ({}, ["--mmea_std", "inf"], "--mmea_std must be a finite non-negative number, got inf"),
         ({"MMEA_STD": "inf"}, [], "MMEA_STD must be a finite non-negative number"),
     ],
@@ -573,13 +575,52 @@ def test_help_mentions_adapter_flags(capsys):
     assert excinfo.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--adapter", "--mmea_rank", "--mmea_std", "--mmea_init", "--mmea_phi",
-                 "--elora_rank", "--elora_alpha", "MMEA_RANK"):
+                 "--elora_rank", "--elora_alpha", "MMEA_RANK", "--lora ", "--lora_rank", "--lora_alpha"):
         assert flag in out
 
 
 def test_module_exports():
     choices = next(a.choices for a in build_parser()._actions if a.dest == "adapter")
-    assert choices == ["mmea", "elora", "none"]
+    assert choices == ["mmea", "elora", "lora", "none"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--adapter", "lora"], ["--lora"], ["--lora", "True"], ["--lora=true"], ["--lora", "--adapter", "lora"]],
+)
+def test_upstream_lora_switch_is_the_lora_adapter(extra):
+    settings = _settings(FM + extra, {})
+    assert settings.method == "lora" and settings.config == LoRAConfig(rank=4, alpha=1.0)
+    assert settings.record() == {"adapter": "lora", "lora_rank": 4, "lora_alpha": 1.0}
+
+
+def test_lora_flags_have_upstreams_defaults_and_set_the_lora_settings():
+    raw = vars(build_parser().parse_args([]))
+    assert raw["lora"] is False  # upstream: --lora takes true/false, default False
+    assert _settings(FM + ["--lora", "False"], {}).method == "mmea"
+    settings = _settings(FM + ["--lora", "--lora_rank", "8", "--lora_alpha", "2"], {})
+    assert settings.config == LoRAConfig(rank=8, alpha=2.0) and settings.config.scale == 0.25
+
+
+@pytest.mark.parametrize("adapter", ["mmea", "elora", "none"])
+def test_lora_switch_contradicting_adapter_is_refused(capsys, adapter):
+    err = _rejection(capsys, MINIMAL + FM + ["--lora", "--adapter", adapter])
+    assert "--lora" in err and f"contradicts --adapter {adapter}" in err
+
+
+def test_lora_needs_a_foundation_model_and_its_settings_need_lora(capsys):
+    assert "--adapter lora needs --foundation_model" in _rejection(capsys, MINIMAL + ["--lora"])
+    assert "--lora_rank does not apply to --adapter mmea" in _rejection(capsys, MINIMAL + FM + ["--lora_rank", "8"])
+    assert "--elora_rank does not apply to --adapter lora" in _rejection(
+        capsys, MINIMAL + FM + ["--lora", "--elora_rank", "8"]
+    )
+
+
+def test_lora_in_a_config_file(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("lora: true\nlora_rank: 2\n")
+    args = parse_args(MINIMAL + FM + ["--config", str(config)], environ={})
+    assert args.adapter_settings.method == "lora" and args.adapter_settings.config.rank == 2
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from mace.cli import apply_adapter, run_train
 from mace.data import config_from_atoms
 from mace.modules import load_model
 from mace.core.errors import UserInputError
-from mace.adapters.prepare import resolve_foundation_path
+from mace.adapters.prepare import PUBLISHED_MODELS, resolve_foundation_path
 from mace.adapters.foundation import restrict_to_elements
 from mace.modules.predict import predict
 
@@ -46,11 +46,12 @@ def energies_and_forces(model, frames):
     return np.array([p.energy for p in predictions]), np.concatenate([p.forces for p in predictions])
 
 
-@pytest.mark.parametrize("method", ["mmea", "elora", "none"])
+@pytest.mark.parametrize("method", ["mmea", "elora", "lora", "none"])
 def test_each_method_writes_its_outputs_and_rebuilds(shared_dir: Path, workdir: Path, method: str, capsys) -> None:
     assert finetune(shared_dir, method, [f"--adapter={method}", "--num_channels=128"]) == 0
     stdout = capsys.readouterr().out
     assert ("MMEA_RANK:  16" in stdout) == (method == "mmea")
+    assert ("Injecting LoRA layers with rank=4 and alpha=1.0" in stdout) == (method == "lora")
     log = (workdir / "logs" / f"{method}_run-123.log").read_text()
     assert f"Fine-tuning with adapter '{method}'" in log and "trainable of" in log
     assert "--num_channels=128 differs from the foundation model (16)" in log
@@ -61,8 +62,9 @@ def test_each_method_writes_its_outputs_and_rebuilds(shared_dir: Path, workdir: 
     rebuilt = load_adapted_model(shared_dir / FOUNDATION, workdir / f"{method}_adapter.pt")
     for ours, theirs in zip(reference, energies_and_forces(rebuilt, frames)):
         np.testing.assert_allclose(ours, theirs, atol=1e-10, rtol=0)
-    if method == "elora":
-        merged = load_model(workdir / "elora_merged.model", dtype=torch.float64)
+    assert (workdir / f"{method}_merged.model").exists() == (method in ("elora", "lora"))
+    if method in ("elora", "lora"):
+        merged = load_model(workdir / f"{method}_merged.model", dtype=torch.float64)
         for ours, theirs in zip(reference, energies_and_forces(merged, frames)):
             np.testing.assert_allclose(ours, theirs, atol=1e-8, rtol=0)
 
@@ -133,6 +135,46 @@ def test_a_published_model_goes_to_the_downloads_folder_when_one_is_given(monkey
     assert path.parent == tmp_path / "downloads" and path.read_bytes() == b"model bytes"
     assert not (tmp_path / "cache").exists()
     assert resolve_foundation_path("small_off").parent == tmp_path / "cache"
+
+
+# Upstream 0.3.16's --foundation_model names (mace_mp_urls, the three MACE-OFF23 sizes,
+# mace_omol, MACE-Polar).
+UPSTREAM_0316_NAMES = (
+    "small", "medium", "large", "small-0b", "medium-0b", "small-0b2", "medium-0b2", "large-0b2",
+    "medium-0b3", "medium-mpa-0", "small-omat-0", "medium-omat-0", "mace-matpes-pbe-0",
+    "mace-matpes-r2scan-0", "mh-0", "mh-1", "small_off", "medium_off", "large_off", "mace_omol",
+    "polar-1-s", "polar-1-m", "polar-1-l",
+)
+
+
+def test_every_upstream_published_name_resolves_to_its_download(monkeypatch, tmp_path: Path) -> None:
+    assert set(PUBLISHED_MODELS) == set(UPSTREAM_0316_NAMES)
+    requested: List[str] = []
+
+    def fake_urlopen(url, *args, **kwargs):
+        requested.append(url)
+        return _FakeResponse(f"bytes of {url}".encode())
+
+    monkeypatch.setattr("urllib.request.urlopen", fake_urlopen)
+    files = set()
+    for name in UPSTREAM_0316_NAMES:
+        url = PUBLISHED_MODELS[name]
+        assert url.startswith("https://") and url.endswith(".model"), name
+        path = resolve_foundation_path(name, tmp_path)
+        assert requested[-1] == url and path == tmp_path / url.rsplit("/", 1)[-1]
+        assert path.read_bytes() == f"bytes of {url}".encode()
+        assert (tmp_path / f"{path.name}.sha256").is_file()
+        files.add(path)
+    assert len(files) == len(UPSTREAM_0316_NAMES)  # no two names share a cached file
+    assert resolve_foundation_path("medium-mpa-0", tmp_path) == tmp_path / "mace-mpa-0-medium.model"
+    assert len(requested) == len(UPSTREAM_0316_NAMES)  # cached: not downloaded again
+
+
+def test_an_unknown_name_lists_the_published_ones(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("urllib.request.urlopen", lambda *args, **kwargs: pytest.fail("no download expected"))
+    with pytest.raises(UserInputError, match="no such file") as error:
+        resolve_foundation_path("medium-mpa-9", tmp_path)
+    assert "medium-mpa-0" in str(error.value) and "mh-1" in str(error.value) and "small_off" in str(error.value)
 
 
 def test_estimated_e0s_remove_the_foundations_mean_energy_error(shared_dir: Path, workdir: Path) -> None:

@@ -47,6 +47,12 @@ def test_the_adapter_settings_are_compared_after_the_environment(monkeypatch: py
     assert settings(*fine_tune, "--mmea_rank=8") == eight
 
 
+def test_upstreams_lora_switch_is_recorded_as_the_lora_method() -> None:
+    lora = settings("--foundation_model=f.model", "--lora")
+    assert lora["adapter"] == "lora" and lora["lora_rank"] == 4 and "lora" not in lora
+    assert settings("--foundation_model=f.model", "--adapter=lora") == lora
+
+
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, caplog) -> None:
     handler = CheckpointHandler(str(tmp_path), "run_run-1", keep=True)
     handler.save({"epoch": 0}, 0, swa=False)
