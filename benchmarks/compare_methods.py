@@ -79,10 +79,12 @@ def _below_repro_data(path: str) -> str:
 DEFAULT_FOUNDATION = _below_repro_data(value_of(ANCHOR_COMMAND, "foundation_model"))
 DEFAULT_TRAIN_FILE = _below_repro_data(value_of(SEED_COMMAND, "train_file"))
 
-METHODS = ("mmea", "elora", "none", "scratch")
+METHODS = ("mmea", "elora", "lora", "none", "scratch")
+DEFAULT_METHODS = ("mmea", "elora", "none", "scratch")  # the papers' comparison; LoRA on request
 METHOD_LABELS = {
     "mmea": "MMEA",
     "elora": "ELoRA",
+    "lora": "LoRA",
     "none": "full fine-tuning",
     "scratch": "from scratch",
 }
@@ -173,6 +175,7 @@ class Anchor:
 CPU100_ANCHORS: Dict[str, Anchor] = {
     "mmea": Anchor("MMEA reference code, rank 16", 72_378, 21.9, 41.3, 16.9, 1500.0),
     "elora": Anchor("ELoRA reference code, rank 16, alpha 16", 84_552, 22.4, 41.7, 16.5, 1500.0),
+    "lora": Anchor("upstream mace-torch 0.3.16 --lora, rank 4, alpha 1", 16_340, 36.5, 57.5, 29.1, 1500.0),
     "none": Anchor("upstream mace-torch 0.3.5", 204_440, 22.6, 43.9, 16.8, 1500.0),
     "scratch": Anchor("upstream mace-torch 0.3.5", 241_296, 44.7, 79.6, 16.2, 1500.0),
 }
@@ -1220,8 +1223,9 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
                         "500-epoch GPU protocol with SWA from epoch 400 and the full test set; "
                         "'cpu100': the anchors' command (../shared/docs/anchors.md), 100 epochs with "
                         "SWA from epoch 80, one thread per run, reported against the anchors.")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                        help="Methods to run ('none' is full fine-tuning).")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS),
+                        help="Methods to run ('none' is full fine-tuning; 'lora', upstream's LoRA, "
+                        "only when named).")
     parser.add_argument("--foundation", type=Path, default=default_data_path(DEFAULT_FOUNDATION),
                         help="Foundation model file (also the architecture of the from-scratch run "
                         "where the protocol does not fix one).")

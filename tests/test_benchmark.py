@@ -19,6 +19,7 @@ from benchmarks.compare_methods import (
     CPU100_ANCHORS,
     DEFAULT_FOUNDATION,
     DEFAULT_TRAIN_FILE,
+    DEFAULT_METHODS,
     METHODS,
     PROTOCOLS,
     REPO_ROOT,
@@ -287,7 +288,7 @@ def test_cpu100_commands_are_exactly_the_anchors_command_plus_the_run_files(tmp_
         f"--test_file={settings.test_file.resolve()}",
     ]
     assert "--valid_fraction=0.5" in ANCHOR_FLAGS and "--seed=123" in ANCHOR_FLAGS
-    for method in ("mmea", "elora", "none"):
+    for method in ("mmea", "elora", "lora", "none"):
         command = training_command(method, 123, settings, ["--ignored_scratch_flag"])
         assert command[:3] == [sys.executable, "-m", "mace.cli.run_train"]
         expected = ANCHOR_FLAGS + run_files + [
@@ -356,7 +357,7 @@ def _finished_run(settings: BenchmarkSettings, run: Run, returncode: int, models
 
 
 def test_reuse_keeps_only_runs_that_succeeded_and_left_their_models(tmp_path):
-    settings = _settings(tmp_path, PROTOCOLS["cpu100"], methods=METHODS)
+    settings = _settings(tmp_path, PROTOCOLS["cpu100"], methods=DEFAULT_METHODS)
     _finished_run(settings, Run("mmea", 123), 0, ("main_model", "swa_model"))
     _finished_run(settings, Run("elora", 123), 0, ("main_model",))  # stage two's model is missing
     _finished_run(settings, Run("none", 123), 1, ("main_model", "swa_model"))
