@@ -67,12 +67,12 @@ ELORA_ALPHA = Knob("elora_alpha", float, "ELoRA scale numerator: updates carry a
                    check=FINITE_POSITIVE)
 
 
-@dataclass(frozen=True)
-class ELoRAConfig:
-    """Per-path low-rank updates W + (alpha / rank) A B (ELoRA; reference defaults 16, 16)."""
+class LowRankSettings:
+    """What the settings of the low-rank methods share: their knobs are checked on creation,
+    and every update carries ``alpha / rank``."""
 
-    rank: int = setting(16, ELORA_RANK)
-    alpha: float = setting(16.0, ELORA_ALPHA)
+    rank: int
+    alpha: float
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -83,7 +83,15 @@ class ELoRAConfig:
 
 
 @dataclass(frozen=True)
-class LoRAConfig:
+class ELoRAConfig(LowRankSettings):
+    """Per-path low-rank updates W + (alpha / rank) A B (ELoRA; reference defaults 16, 16)."""
+
+    rank: int = setting(16, ELORA_RANK)
+    alpha: float = setting(16.0, ELORA_ALPHA)
+
+
+@dataclass(frozen=True)
+class LoRAConfig(LowRankSettings):
     """Upstream's LoRA (mace-torch 0.3.16 ``--lora``): low-rank updates (alpha / rank) A B of
     every linear layer; upstream's defaults rank 4, alpha 1."""
 
@@ -91,13 +99,6 @@ class LoRAConfig:
                                 "--lora).", check=POSITIVE_INTEGER))
     alpha: float = setting(1.0, Knob("lora_alpha", float, "LoRA scale numerator: updates carry "
                                      "alpha / rank.", check=FINITE_POSITIVE))
-
-    def __post_init__(self) -> None:
-        check_settings(self)
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
 
 
 @dataclass(frozen=True)
