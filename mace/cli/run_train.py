@@ -137,12 +137,14 @@ def data_settings(args: argparse.Namespace) -> DataSettings:
     return settings_from_flags(DataSettings, args, config_type_weights=parse_config_type_weights(args.config_type_weights))
 
 
-def finetuning_model(args: argparse.Namespace, datasets: Datasets, argv: Sequence[str], device: torch.device) -> MACE:
+def finetuning_model(
+    args: argparse.Namespace, datasets: Datasets, argv: Sequence[str], device: torch.device, foundation: Path
+) -> MACE:
     """The foundation restricted to the data's elements, with its adapters and E0s."""
     atomic_numbers = dataset_elements(datasets, parse_atomic_numbers(args.atomic_numbers))
     given = {flag: getattr(args, flag) for flag in explicit_flag_names(argv) if hasattr(args, flag)}
     model = prepare_foundation(
-        resolve_foundation_path(args.foundation_model, downloads_folder(args, argv)), atomic_numbers, device,
+        foundation, atomic_numbers, device,
         keep_readouts=args.foundation_model_readout, trust_pickle=args.trust_pickle, given_architecture=given,
     )
     model = apply_adapters(model, args.adapter_settings, readouts_trained=not args.foundation_model_readout)
@@ -170,10 +172,12 @@ def scratch_model(args: argparse.Namespace, datasets: Datasets, device: torch.de
     return model.to(device)
 
 
-def build_run_model(args: argparse.Namespace, datasets: Datasets, argv: Sequence[str], device: torch.device) -> MACE:
-    """A model from hyperparameters, or the prepared foundation with its adapters."""
-    if args.foundation_model:
-        return finetuning_model(args, datasets, argv, device)
+def build_run_model(
+    args: argparse.Namespace, datasets: Datasets, argv: Sequence[str], device: torch.device, foundation: Optional[Path]
+) -> MACE:
+    """A model from hyperparameters, or the prepared ``foundation`` file with its adapters."""
+    if foundation is not None:
+        return finetuning_model(args, datasets, argv, device, foundation)
     return scratch_model(args, datasets, device)
 
 
@@ -239,12 +243,11 @@ def save_final_model(model: MACE, target: Path, args: argparse.Namespace) -> Non
     logging.info("Saved model to %s", target)
 
 
-def save_finetuning_outputs(model: MACE, args: argparse.Namespace, argv: Sequence[str], model_path: Path) -> None:
+def save_finetuning_outputs(model: MACE, args: argparse.Namespace, foundation: Path, model_path: Path) -> None:
     """Next to NAME.model: NAME_adapter.pt (only trained tensors) and, where the method can
     fold its adapter in (ELoRA, LoRA), NAME_merged.model."""
     settings = args.adapter_settings
     adapter_path = RunPaths.adapter_file(model_path)
-    foundation = resolve_foundation_path(args.foundation_model, downloads_folder(args, argv))
     save_adapter(
         model, adapter_path, settings.method, settings.config, foundation,
         readouts_trained=not args.foundation_model_readout,
@@ -267,7 +270,8 @@ def remove_interrupted_writes(paths: RunPaths, checkpoints: CheckpointHandler) -
 
 
 def save_and_evaluate(
-    args: argparse.Namespace, argv: Sequence[str], trainer: Trainer, datasets: Datasets, paths: RunPaths, device: torch.device
+    args: argparse.Namespace, foundation: Optional[Path], trainer: Trainer, datasets: Datasets, paths: RunPaths,
+    device: torch.device,
 ) -> None:
     """Save the best model of each stage (and its adapter files), then log its error table
     and write its errors to the results file."""
@@ -276,8 +280,8 @@ def save_and_evaluate(
     for stage, target in final_models(trainer, paths, device):
         save_final_model(trainer.model, target, args)
         trainer.model.to(device)
-        if args.foundation_model:
-            save_finetuning_outputs(trainer.model, args, argv, target)
+        if foundation is not None:
+            save_finetuning_outputs(trainer.model, args, foundation, target)
         rows = evaluate_sets(trainer.model, sets, trainer.stage_loss(0), args.valid_batch_size, device, request)
         log_error_table(f"{stage} model {target.name}", args.error_table, rows)
         write_final_errors(paths.results, stage, target.name, rows)
@@ -304,7 +308,9 @@ def train_and_save(args: argparse.Namespace, argv: Sequence[str], paths: RunPath
     run_settings = defining_settings(args)
     checkpoint = checkpoint_to_resume(checkpoints, run_settings, device) if args.restart_latest else None
     datasets = load_datasets(data_settings(args))
-    model = build_run_model(args, datasets, argv, device)
+    # Resolved (downloaded, its hash recorded or checked) once: the adapter files name it too.
+    foundation = resolve_foundation_path(args.foundation_model, downloads_folder(args, argv)) if args.foundation_model else None
+    model = build_run_model(args, datasets, argv, device, foundation)
     trainer = build_trainer(args, model, datasets, paths, device, run_settings)
     if args.dry_run:
         return end_dry_run(model)
@@ -319,7 +325,7 @@ def train_and_save(args: argparse.Namespace, argv: Sequence[str], paths: RunPath
         logging.error(str(error))
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
-    save_and_evaluate(args, argv, trainer, datasets, paths, device)
+    save_and_evaluate(args, foundation, trainer, datasets, paths, device)
     logging.info("Done")
     return 0
 
