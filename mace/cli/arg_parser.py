@@ -239,7 +239,14 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
            "('mps' is not supported).", choices=["cpu", "cuda", "mps"])
     _value(g, "--default_dtype", str, "float64", "Floating-point precision of model and data.",
            choices=["float32", "float64"])
-    _switch(g, "--distributed", False, "Multi-GPU data-parallel training (not supported here).")
+    _switch(g, "--distributed", False,
+            "Data-parallel training over several processes (one per GPU, or CPU processes with "
+            "gloo), started by the --launcher; see README, 'Training on several GPUs'.")
+    _value(g, "--launcher", str, "slurm",
+           "With --distributed: what started the processes, and so where each reads its rank: "
+           "'torchrun' (RANK, WORLD_SIZE, LOCAL_RANK), 'slurm' (srun: SLURM_PROCID, "
+           "SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST), 'mpi' (OMPI_COMM_WORLD_*).",
+           choices=["slurm", "torchrun", "mpi", "none"])
     _value(g, "--log_level", str, "INFO", "Logging verbosity: DEBUG, INFO, WARNING or ERROR.")
     _switch(g, "--dry_run", False,
             "Check the flags, read the data and build the model (logged), then stop before "
@@ -603,8 +610,6 @@ def _unsupported_feature_errors(args: argparse.Namespace) -> Iterator[str]:
         yield f"--error_table {args.error_table} is not supported: this fork has no dipole models"
     if args.wandb:
         yield "--wandb is not supported: this fork does not log to Weights & Biases"
-    if args.distributed:
-        yield "--distributed is not supported: this fork trains on a single device"
     if args.device == "mps":
         yield "--device mps is not supported: use cpu or cuda"
     for flag in ("interaction", "interaction_first"):
@@ -807,7 +812,7 @@ RESTART_MAY_CHANGE = frozenset({
     "max_num_epochs", "patience", "eval_interval", "start_swa", "dry_run",
     "log_dir", "results_dir", "checkpoints_dir", "model_dir", "downloads_dir", "log_level",
     "keep_checkpoints", "save_all_checkpoints", "save_cpu", "test_file", "test_dir",
-    "device", "num_workers", "pin_memory", "restart_latest", "trust_pickle", "config",
+    "device", "num_workers", "pin_memory", "restart_latest", "trust_pickle", "config", "launcher",
     "wandb", "wandb_project", "wandb_entity", "wandb_name", "wandb_log_hypers",
 })
 

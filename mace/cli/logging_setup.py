@@ -2,13 +2,15 @@
 import logging
 import sys
 from pathlib import Path
+from typing import Optional
 
 _FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s: %(message)s"
 _DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
-def setup_logging(level: str, log_file: Path) -> None:
-    """Replace any earlier handlers so repeated runs in one process log to their own file."""
+def setup_logging(level: str, log_file: Optional[Path]) -> None:
+    """Replace any earlier handlers so repeated runs in one process log to their own file
+    (``log_file`` None: the console only, as the non-main processes of a data-parallel run)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -18,6 +20,8 @@ def setup_logging(level: str, log_file: Path) -> None:
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(formatter)
     root.addHandler(console)
+    if log_file is None:
+        return
     log_file.parent.mkdir(parents=True, exist_ok=True)
     file_handler = logging.FileHandler(log_file)
     file_handler.setFormatter(formatter)

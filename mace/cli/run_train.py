@@ -6,6 +6,7 @@ The run is a short list of steps: parse -> data -> model (-> adapters) -> optimi
 train -> save -> evaluate. Each step lives in the module it belongs to.
 """
 import argparse
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -49,6 +50,14 @@ from mace.core.run_lock import RunLock
 from mace.core.torch_setup import dtype_from_name, select_device, set_seeds
 from mace.modules.predict import model_graphs
 from mace.training.checkpoint import CheckpointHandler
+from mace.training.distributed import (
+    SINGLE_PROCESS,
+    ProcessPlace,
+    end_process_group,
+    process_from_environment,
+    shard,
+    start_process_group,
+)
 from mace.training.optim import OptimizerSettings, build_optimizer, build_scheduler, trainable_parameters
 from mace.training.reporting import evaluate_sets, log_error_table, write_final_errors, write_parameter_counts
 from mace.training.restart import checkpoint_to_resume, resume
@@ -182,8 +191,11 @@ def build_run_model(
 
 
 def build_trainer(
-    args: argparse.Namespace, model: MACE, datasets: Datasets, paths: RunPaths, device: torch.device, run_settings: Dict[str, Any]
+    args: argparse.Namespace, model: MACE, datasets: Datasets, paths: RunPaths, device: torch.device,
+    run_settings: Dict[str, Any], place: ProcessPlace = SINGLE_PROCESS,
 ) -> Trainer:
+    """The training loop of this process; in a data-parallel run it trains on its share of
+    every epoch's batches and validates on its shard of the validation set."""
     loss_fn = build_loss(args.loss, args.energy_weight, args.forces_weight, args.stress_weight, args.virials_weight, args.huber_delta)
     swa = None
     if args.swa:
@@ -205,8 +217,9 @@ def build_trainer(
         train_loader=make_loader(
             model_graphs(model, datasets.train), args.batch_size, shuffle=True, drop_last=len(datasets.train) > args.batch_size,
             seed=args.seed, num_workers=args.num_workers, pin_memory=args.pin_memory and device.type == "cuda",
+            replicas=(place.rank, place.world_size) if args.distributed else None,
         ),
-        valid_loader=make_loader(model_graphs(model, datasets.valid), args.valid_batch_size, shuffle=False),
+        valid_loader=make_loader(shard(model_graphs(model, datasets.valid)), args.valid_batch_size, shuffle=False),
         checkpoints=CheckpointHandler(
             str(paths.checkpoints), paths.tag, keep=args.keep_checkpoints or args.save_all_checkpoints,
             run_settings=run_settings,
@@ -271,17 +284,19 @@ def remove_interrupted_writes(paths: RunPaths, checkpoints: CheckpointHandler) -
 
 def save_and_evaluate(
     args: argparse.Namespace, foundation: Optional[Path], trainer: Trainer, datasets: Datasets, paths: RunPaths,
-    device: torch.device,
+    device: torch.device, place: ProcessPlace = SINGLE_PROCESS,
 ) -> None:
     """Save the best model of each stage (and its adapter files), then log its error table
-    and write its errors to the results file."""
+    and write its errors to the results file (in a data-parallel run the main process
+    saves and writes; every process evaluates its shard)."""
     request = output_request_for(trainer.loss_fn, args.error_table, args.compute_stress)
     sets = [("train", datasets.train), ("valid", datasets.valid)] + list(datasets.tests)
     for stage, target in final_models(trainer, paths, device):
-        save_final_model(trainer.model, target, args)
-        trainer.model.to(device)
-        if foundation is not None:
-            save_finetuning_outputs(trainer.model, args, foundation, target)
+        if place.is_main:
+            save_final_model(trainer.model, target, args)
+            trainer.model.to(device)
+            if foundation is not None:
+                save_finetuning_outputs(trainer.model, args, foundation, target)
         rows = evaluate_sets(trainer.model, sets, trainer.stage_loss(0), args.valid_batch_size, device, request)
         log_error_table(f"{stage} model {target.name}", args.error_table, rows)
         write_final_errors(paths.results, stage, target.name, rows)
@@ -296,27 +311,38 @@ def end_dry_run(model: MACE) -> int:
     return 0
 
 
-def train_and_save(args: argparse.Namespace, argv: Sequence[str], paths: RunPaths) -> int:
+def process_device(args: argparse.Namespace, place: ProcessPlace) -> torch.device:
+    """--device; in a data-parallel run on GPUs, the GPU of this process's local rank."""
+    device = select_device(args.device)
+    if args.distributed and device.type == "cuda":
+        return torch.device("cuda", place.local_rank)
+    return device
+
+
+def train_and_save(args: argparse.Namespace, argv: Sequence[str], paths: RunPaths, place: ProcessPlace = SINGLE_PROCESS) -> int:
     """Validate every input (restart checkpoint, data, model) before writing any output, then
     train (with --dry_run: stop once they are validated)."""
     logging.info("Command line: %s", " ".join(argv))
     checkpoints = CheckpointHandler(str(paths.checkpoints), paths.tag)
-    remove_interrupted_writes(paths, checkpoints)
+    if place.is_main:
+        remove_interrupted_writes(paths, checkpoints)
     set_seeds(args.seed)
     torch.set_default_dtype(dtype_from_name(args.default_dtype))
-    device = select_device(args.device)
-    run_settings = defining_settings(args)
+    device = process_device(args, place)
+    # The number of processes shapes the batches, so a restart must keep it too.
+    run_settings = {**defining_settings(args), "world_size": place.world_size}
     checkpoint = checkpoint_to_resume(checkpoints, run_settings, device) if args.restart_latest else None
     datasets = load_datasets(data_settings(args))
     # Resolved (downloaded, its hash recorded or checked) once: the adapter files name it too.
     foundation = resolve_foundation_path(args.foundation_model, downloads_folder(args, argv)) if args.foundation_model else None
     model = build_run_model(args, datasets, argv, device, foundation)
-    trainer = build_trainer(args, model, datasets, paths, device, run_settings)
+    trainer = build_trainer(args, model, datasets, paths, device, run_settings, place)
     if args.dry_run:
         return end_dry_run(model)
     if checkpoint is not None:
         resume(trainer, checkpoint)
-    write_valid_indices(datasets, paths.valid_indices, args.train_file)
+    if place.is_main:
+        write_valid_indices(datasets, paths.valid_indices, args.train_file)
     if checkpoint is None:  # a resumed run keeps the first line of the run it continues
         write_parameter_counts(paths.results, args.adapter_settings.method, count_trainable(model), sum(p.numel() for p in model.parameters()))
     try:
@@ -325,7 +351,7 @@ def train_and_save(args: argparse.Namespace, argv: Sequence[str], paths: RunPath
         logging.error(str(error))
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
-    save_and_evaluate(args, foundation, trainer, datasets, paths, device)
+    save_and_evaluate(args, foundation, trainer, datasets, paths, device, place)
     logging.info("Done")
     return 0
 
@@ -340,11 +366,31 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """
     paths = RunPaths.from_args(args)
     check_output_locations(paths)
-    with RunLock(paths.lock_files()) as lock, torch.jit.optimized_execution(False):
-        setup_logging(args.log_level, paths.log)
-        for stale in lock.taken_over:
-            logging.warning("Took over lock file %s, left by a run that no longer exists", stale)
-        return train_and_save(args, argv, paths)
+    with data_parallel_job(args) as place, torch.jit.optimized_execution(False):
+        if not place.is_main:  # the main process locks, logs and writes for the job
+            setup_logging("WARNING", None)
+            return train_and_save(args, argv, paths, place)
+        with RunLock(paths.lock_files()) as lock:
+            setup_logging(args.log_level, paths.log)
+            for stale in lock.taken_over:
+                logging.warning("Took over lock file %s, left by a run that no longer exists", stale)
+            if args.distributed:
+                logging.info("Data-parallel training: %d processes (--launcher %s)", place.world_size, args.launcher)
+            return train_and_save(args, argv, paths, place)
+
+
+@contextlib.contextmanager
+def data_parallel_job(args: argparse.Namespace) -> Iterator[ProcessPlace]:
+    """With --distributed, join the launcher's process group for the run and leave it after."""
+    if not args.distributed:
+        yield SINGLE_PROCESS
+        return
+    place = process_from_environment(args.launcher)
+    start_process_group(place, args.device)
+    try:
+        yield place
+    finally:
+        end_process_group()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

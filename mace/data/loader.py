@@ -4,10 +4,10 @@ Rule for every key: 0-d tensors (per-graph scalars) are stacked to (G,), everyth
 concatenated along dim 0, and ``edge_index`` is offset by the nodes of earlier graphs. So
 ``cell`` (3, 3) becomes (3G, 3) and ``stress`` (1, 3, 3) becomes (G, 3, 3), as upstream.
 """
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 Graph = Dict[str, torch.Tensor]
 
@@ -54,16 +54,32 @@ def make_loader(
     seed: Optional[int] = None,
     num_workers: int = 0,
     pin_memory: bool = False,
+    replicas: Optional[Tuple[int, int]] = None,
 ) -> DataLoader:
     """DataLoader over graphs; with a ``seed`` the shuffling order is reproducible (the
     order is drawn in this process, so it does not depend on ``num_workers``, the processes
-    that collate batches); ``pin_memory`` page-locks batches for faster copies to a GPU."""
+    that collate batches); ``pin_memory`` page-locks batches for faster copies to a GPU.
+
+    ``replicas`` = (rank, world_size) of a data-parallel run: each process then draws its
+    own share of every epoch's shuffled order (torch's DistributedSampler, seeded with
+    ``seed``; the caller sets its epoch), padded so that every process takes as many steps.
+    """
+    graphs = list(graphs)
+    if replicas is not None:
+        rank, world_size = replicas
+        sampler = DistributedSampler(
+            graphs, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed or 0, drop_last=False
+        )
+        return DataLoader(
+            graphs, batch_size=batch_size, sampler=sampler, drop_last=drop_last, collate_fn=collate_graphs,
+            num_workers=num_workers, pin_memory=pin_memory,
+        )
     generator = None
     if seed is not None:
         generator = torch.Generator()
         generator.manual_seed(seed)
     return DataLoader(
-        list(graphs),
+        graphs,
         batch_size=batch_size,
         shuffle=shuffle,
         drop_last=drop_last,
@@ -72,6 +88,13 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
     )
+
+
+def set_loader_epoch(loader: object, epoch: int) -> None:
+    """A distributed sampler shuffles by epoch: tell it which one starts (no-op otherwise)."""
+    set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+    if set_epoch is not None:
+        set_epoch(epoch)
 
 
 def shuffle_state(loader: object) -> Optional[torch.Tensor]:

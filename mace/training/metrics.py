@@ -1,5 +1,5 @@
 """Error metrics of predictions against labels, and the final prettytable error tables."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -36,6 +36,14 @@ class ErrorAccumulator:
                 if key == "virials":
                     errors = errors / atoms.reshape(-1, 1, 1)
                 store.append(errors[present])
+
+    @classmethod
+    def combined(cls, parts: Sequence["ErrorAccumulator"]) -> "ErrorAccumulator":
+        """One accumulator holding every part's errors (the shards of a data-parallel evaluation)."""
+        whole = cls()
+        for item in fields(cls):
+            setattr(whole, item.name, [array for part in parts for array in getattr(part, item.name)])
+        return whole
 
     def metrics(self) -> Dict[str, float]:
         """MAE/RMSE of total and per-atom energies (eV), forces (eV/A), stress, relative force errors (%)."""

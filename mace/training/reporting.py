@@ -15,6 +15,7 @@ import torch
 
 from mace.data import Configuration, make_loader
 from mace.core.errors import UserInputError
+from mace.training.distributed import shard
 from mace.training.metrics import error_table
 from mace.modules.predict import model_graphs, predict
 from mace.training.train import OutputRequest, append_result, evaluate
@@ -34,7 +35,7 @@ def evaluate_sets(
     for name, configs in sets:
         if not configs:
             continue
-        loader = make_loader(model_graphs(model, configs), batch_size=batch_size, shuffle=False)
+        loader = make_loader(shard(model_graphs(model, configs)), batch_size=batch_size, shuffle=False)
         _, metrics = evaluate(model, loader, loss_fn, device, request, label=f"Evaluating {name}")
         _refuse_non_finite_predictions(model, name, configs, metrics, batch_size)
         rows.append((name, metrics))

@@ -18,6 +18,7 @@ import torch
 from mace.training.checkpoint import CheckpointHandler
 from mace.core.errors import UserInputError, one_line
 from mace.core.files import atomic_write
+from mace.training.distributed import is_main_process
 from mace.training.train import Trainer
 
 Resumable = Tuple[Path, Dict[str, Any]]
@@ -113,5 +114,6 @@ def resume(trainer: Trainer, checkpoint: Resumable) -> None:
         trainer.restore(state)
     except (RuntimeError, KeyError, ValueError) as error:  # what load_state_dict raises on a misfit
         raise UserInputError(f"Checkpoint '{path}' does not fit this run's model: {one_line(error)}") from error
-    drop_results_after(trainer.results_path, state["epoch"])
+    if is_main_process():
+        drop_results_after(trainer.results_path, state["epoch"])
     logging.info("Resuming after epoch %d from %s", trainer.progress.epoch - 1, path)

@@ -17,9 +17,10 @@ import torch
 from torch_ema import ExponentialMovingAverage
 
 from mace.data import batch_to_device
-from mace.data.loader import restore_shuffle_state, shuffle_state
+from mace.data.loader import restore_shuffle_state, set_loader_epoch, shuffle_state
 from mace.modules.loss import needs_stress, needs_virials
 from mace.training.checkpoint import CheckpointHandler
+from mace.training.distributed import barrier, gather_objects, is_distributed, is_main_process
 from mace.training.metrics import ErrorAccumulator, evaluation_summary
 
 
@@ -90,9 +91,11 @@ class Progress:
 
 
 class ProgressDisplay:
-    """Batch progress on stderr for long epochs (a carriage-return line on terminals)."""
+    """Batch progress on stderr for long epochs (a carriage-return line on terminals); shown
+    by the main process only."""
 
     def __init__(self, total: int, label: str, min_interval_s: float = 2.0) -> None:
+        self.enabled = is_main_process()
         self.total = total
         self.label = label
         self.min_interval_s = min_interval_s
@@ -102,7 +105,7 @@ class ProgressDisplay:
 
     def update(self, done: int) -> None:
         now = time.perf_counter()
-        if now - self.last < self.min_interval_s and done < self.total:
+        if not self.enabled or now - self.last < self.min_interval_s and done < self.total:
             return
         if not self.shown and done == self.total:
             return
@@ -165,7 +168,10 @@ def evaluate(
     request: OutputRequest,
     label: str = "Evaluation",
 ) -> Tuple[float, Dict[str, float]]:
-    """Mean batch loss and error metrics over a data set (gradients only for forces)."""
+    """Mean batch loss and error metrics over a data set (gradients only for forces).
+
+    In a data-parallel run ``loader`` holds this process's shard: the errors and batch
+    losses of every shard are gathered, so each process gets the whole set's numbers."""
     model.eval()
     accumulator = ErrorAccumulator()
     display = ProgressDisplay(len(loader), label)
@@ -177,7 +183,20 @@ def evaluate(
         accumulator.add(batch, output)
         display.update(index + 1)
     display.close()
-    return total / max(len(loader), 1), accumulator.metrics()
+    shards = gather_objects((total, len(loader), accumulator))
+    total_loss = sum(loss for loss, _, _ in shards)
+    batches = sum(count for _, count, _ in shards)
+    return total_loss / max(batches, 1), ErrorAccumulator.combined([part for _, _, part in shards]).metrics()
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The module the optimiser steps through: ``model`` itself, or in a data-parallel run
+    its DistributedDataParallel wrapper, which averages the gradients of the trainable
+    parameters over processes (frozen foundation weights take no part)."""
+    if not is_distributed():
+        return model
+    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 class Trainer:
@@ -199,6 +218,7 @@ class Trainer:
         device: torch.device,
     ) -> None:
         self.model = model
+        self.train_module = data_parallel(model, device)
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -277,8 +297,9 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, request: OutputRequest) -> float:
         try:
+            set_loader_epoch(self.train_loader, epoch)
             return train_one_epoch(
-                self.model,
+                self.train_module,
                 self.train_loader,
                 self.stage_loss(epoch),
                 self.optimizer,
@@ -335,7 +356,9 @@ class Trainer:
             self.progress.patience_counter = 0
         else:
             self.progress.patience_counter += 1
-        self.checkpoints.save(self.state(epoch), epoch, swa=stage == "swa", protected=self.best_checkpoint_paths())
+        if is_main_process():
+            self.checkpoints.save(self.state(epoch), epoch, swa=stage == "swa", protected=self.best_checkpoint_paths())
+        barrier()  # the best checkpoints are read back by every process at the end
         return self.progress.patience_counter >= self.settings.patience
 
     def best_checkpoint_paths(self) -> Tuple[Path, ...]:
@@ -346,7 +369,10 @@ class Trainer:
 
 
 def append_result(path: Path, record: Dict[str, Any]) -> None:
-    """One JSON line of the results file (NAME_run-SEED_train.txt), which programs read."""
+    """One JSON line of the results file (NAME_run-SEED_train.txt), which programs read;
+    only the main process of a data-parallel run writes it."""
+    if not is_main_process():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")

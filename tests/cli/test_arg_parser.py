@@ -259,7 +259,6 @@ def test_override_and_irreps_errors(capsys, extra, flag):
         (["--error_table", "DipoleMAE"], "--error_table"),
         (["--error_table", "EnergyDipoleRMSE"], "--error_table"),
         (["--wandb"], "--wandb"),
-        (["--distributed"], "--distributed"),
         (["--device", "mps"], "--device"),
         (["--interaction", "RealAgnosticAttResidualInteractionBlock"], "--interaction"),
         (["--pair_repulsion"], "--pair_repulsion"),
