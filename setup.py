@@ -33,6 +33,8 @@ setup(
             "mace_run_train=mace.cli.run_train:main",
             "mace_eval_configs=mace.cli.eval_configs:main",
             "mace_apply_adapter=mace.cli.apply_adapter:main",
+            "mace_prepare_data=mace.cli.preprocess_data:main",  # upstream's name for it
+            "mace_create_lammps_model=mace.cli.create_lammps_model:main",
         ]
     },
 )

@@ -14,7 +14,7 @@ if hasattr(torch.serialization, "add_safe_globals"):
     torch.serialization.add_safe_globals([slice])
 
 for _message in (
-    r"`torch\.jit\.(script|save|load|trace)` is deprecated",
+    r"`torch\.jit\.(script|save|load|trace|trace_method|trace_module)` is deprecated",
     r"The TorchScript type system doesn't support instance-level annotations",
 ):
     warnings.filterwarnings("ignore", message=_message)

@@ -3,6 +3,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 import mace  # noqa: F401  (before any test imports e3nn: allows its constants under torch >= 2.6)
 from tests.shared import shared_folder_or_skip
@@ -24,3 +25,13 @@ def no_leftover_log_handlers():
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
+
+
+@pytest.fixture
+def float64_default():
+    """torch's default dtype float64 during the test (graphs and models keep every bit of the
+    data); use with ``pytestmark = pytest.mark.usefixtures("float64_default")``."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

@@ -4,6 +4,7 @@ The folder is looked up by :func:`repro_data.fetch.shared_folder` (``$MMEA_SHARE
 ``shared`` beside the repository), as the fetcher and the benchmark do; tests that need it
 skip when it is absent.
 """
+import os
 import re
 import shlex
 from pathlib import Path
@@ -13,7 +14,20 @@ import pytest
 
 from repro_data.fetch import shared_folder
 
-__all__ = ["shared_folder", "shared_folder_or_skip", "documented_seed_command", "documented_anchor_flags"]
+__all__ = [
+    "shared_folder", "shared_folder_or_skip", "documented_seed_command", "documented_anchor_flags", "upstream_python_or_skip",
+]
+
+# An environment with upstream mace-torch 0.3.16 installed (never this package), as a test
+# oracle; tests that compare with upstream's own outputs skip without it.
+UPSTREAM_PYTHON = Path(os.environ.get("MACE_UPSTREAM_PYTHON", "/work/upstream-venv/bin/python"))
+
+
+def upstream_python_or_skip(what: str) -> Path:
+    """The upstream environment's python; the calling test, which checks ``what``, skips without it."""
+    if not UPSTREAM_PYTHON.is_file():
+        pytest.skip(f"no upstream mace-torch 0.3.16 venv at {UPSTREAM_PYTHON} (set MACE_UPSTREAM_PYTHON): {what} not tested")
+    return UPSTREAM_PYTHON
 
 
 def shared_folder_or_skip() -> Path:

@@ -43,6 +43,21 @@ def train_readouts(model: MACE) -> MACE:
     return model
 
 
+# Upstream's --freeze levels: from which value on each block of the model stops training
+# (a level between two thresholds freezes what the lower one does).
+FREEZE_LEVELS = (("node_embedding", 1), ("interactions", 5), ("products", 6), ("readouts", 7))
+
+
+def freeze_blocks(model: MACE, level: Optional[int]) -> List[str]:
+    """--freeze: stop the blocks whose level is reached from training (their adapters
+    included); returns their names. None, 0 or a negative level freeze nothing, as upstream."""
+    frozen = [name for name, threshold in FREEZE_LEVELS if level is not None and level >= threshold]
+    for name in frozen:
+        for parameter in getattr(model, name).parameters():
+            parameter.requires_grad_(False)
+    return frozen
+
+
 def count_trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -76,6 +91,8 @@ def trainable_parameter_table(model: torch.nn.Module) -> List[Tuple[str, int]]:
 
 
 __all__ = [
+    "FREEZE_LEVELS",
+    "freeze_blocks",
     "METHODS",
     "AdapterMethod",
     "ELoRAConfig",

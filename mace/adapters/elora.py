@@ -28,6 +28,7 @@ from e3nn import o3
 from torch.func import functional_call
 
 from mace.adapters.config import ELoRAConfig, LoRAConfig
+from mace.modules.export import replace_submodule
 from mace.modules.models import MACE
 from mace.modules.radial import BesselBasis
 from mace.modules.symmetric_contraction import Contraction
@@ -41,11 +42,6 @@ def copy_irreps_attributes(source: torch.nn.Module, target: torch.nn.Module) -> 
     for name in IRREPS_ATTRIBUTES:
         if hasattr(source, name):
             setattr(target, name, getattr(source, name))
-
-
-def replace_submodule(model: torch.nn.Module, path: str, module: torch.nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent_path), name, module)
 
 
 class LowRankUpdate(torch.nn.Module):
@@ -73,6 +69,12 @@ class LowRankUpdate(torch.nn.Module):
         with torch.no_grad():
             self.base_weight().add_(self.delta())
         return self.base
+
+    def scriptable(self) -> torch.nn.Module:
+        """What TorchScript compiles in place of this wrapper (``mace.modules.export``), whose
+        generic ``forward`` it cannot: the merged base. It gives the same numbers, as
+        ``forward`` too adds ``delta()`` to the weight before calling the base."""
+        return self.merged()
 
 
 class PathLowRank(LowRankUpdate):

@@ -8,7 +8,9 @@ parameter count) only involves elements the data can teach, as in the reference 
 Element-dependent parts of a MACE model, all indexed by the one-hot channel of
 ``model.atomic_numbers``:
 - ``node_embedding.linear``: o3.Linear from ``n_elements x0e``;
-- every interaction's ``skip_tp``: tensor product with ``n_elements x0e`` as second input;
+- every interaction's ``skip_tp``: tensor product with ``n_elements x0e`` as second input
+  (the non-linear block's is an element-blind o3.Linear), and the non-linear block's
+  ``source_embedding`` / ``target_embedding``: o3.Linear from ``n_elements x0e``;
 - every symmetric contraction's weights (first axis);
 - ``atomic_energies_fn.atomic_energies`` (last axis) and the ``atomic_numbers`` buffer.
 e3nn normalises each path by its fan-in, which includes the number of elements, so the
@@ -25,6 +27,10 @@ from e3nn import o3
 from mace.modules.models import MACE
 from mace.modules.symmetric_contraction import Contraction
 from mace.core.errors import UserInputError
+
+
+# Element embeddings of an interaction block (RealAgnosticResidualNonLinearInteractionBlock).
+ELEMENT_EMBEDDINGS = ("source_embedding", "target_embedding")
 
 
 def _symbols(zs: Sequence[int]) -> str:
@@ -79,7 +85,7 @@ def _path_weight_ratios(old: list, new: list) -> List[float]:
     return [a.path_weight / b.path_weight for a, b in zip(old, new)]
 
 
-def _restricted_node_embedding(linear: o3.Linear, keep: torch.Tensor) -> o3.Linear:
+def _restricted_element_linear(linear: o3.Linear, keep: torch.Tensor) -> o3.Linear:
     """Linear from ``len(keep) x0e``: keep rows (inputs) of its (mul_in, mul_out) block."""
     paths = linear_weight_paths(linear)
     restricted = o3.Linear(
@@ -128,9 +134,13 @@ def restrict_to_elements(model: MACE, zs: Sequence[int]) -> MACE:
     channels = _kept_channels(model, zs)
     keep = torch.tensor(channels, dtype=torch.long, device=model.atomic_numbers.device)
     restricted = copy.deepcopy(model)
-    restricted.node_embedding.linear = _restricted_node_embedding(restricted.node_embedding.linear, keep)
+    restricted.node_embedding.linear = _restricted_element_linear(restricted.node_embedding.linear, keep)
     for interaction in restricted.interactions:
-        interaction.skip_tp = _restricted_skip_tp(interaction.skip_tp, keep)
+        if isinstance(interaction.skip_tp, o3.TensorProduct):  # an o3.Linear one is element-blind
+            interaction.skip_tp = _restricted_skip_tp(interaction.skip_tp, keep)
+        for name in ELEMENT_EMBEDDINGS:
+            if hasattr(interaction, name):
+                setattr(interaction, name, _restricted_element_linear(getattr(interaction, name), keep))
         interaction.node_attrs_irreps = _element_irreps(len(channels))
     for module in restricted.modules():
         if isinstance(module, Contraction):

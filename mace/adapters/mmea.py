@@ -21,7 +21,7 @@ Parameter names: ``to_hidden`` (W_h, b_h), ``to_gates`` (W_s, b_s), ``to_scalars
 per :attr:`MMEAConfig.scalar_init`.
 """
 import logging
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from e3nn import o3
@@ -36,6 +36,15 @@ SCALAR = o3.Irrep("0e")
 def _block_slices(irreps: o3.Irreps) -> List[Tuple[int, int, o3.Irrep]]:
     """(start, multiplicity, irrep) of each block: "m x l" spans m*(2l+1) entries, channel-major."""
     return [(block.start, mul, ir) for block, (mul, ir) in zip(irreps.slices(), irreps)]
+
+
+def _output_block(block: tuple) -> Tuple[int, int, int, bool]:
+    """(start, multiplicity, irrep dimension, is 0e) of an output block, the plain values
+    TorchScript compiles (model files written before carry (start, multiplicity, irrep))."""
+    if len(block) == 4:
+        return block
+    start, mul, ir = block
+    return start, mul, ir.dim, ir == SCALAR
 
 
 def _zeroed_linear(n_in: int, n_out: int, like: torch.Tensor) -> torch.nn.Linear:
@@ -67,10 +76,10 @@ class MMEALinear(torch.nn.Module):
         self.input_scalars = [
             (start, mul) for start, mul, ir in _block_slices(base.irreps_in) if ir == SCALAR
         ]
-        self.output_blocks = _block_slices(base.irreps_out)
+        self.output_blocks = [_output_block(block) for block in _block_slices(base.irreps_out)]
         num_scalars_in = sum(mul for _, mul in self.input_scalars)
-        num_scalars_out = sum(mul for _, mul, ir in self.output_blocks if ir == SCALAR)
-        num_gates = sum(mul for _, mul, ir in self.output_blocks if ir != SCALAR)
+        num_scalars_out = sum(mul for _, mul, _, scalar in self.output_blocks if scalar)
+        num_gates = sum(mul for _, mul, _, scalar in self.output_blocks if not scalar)
         like = base.weight
         self.to_hidden = torch.nn.Linear(num_scalars_in, config.rank, dtype=like.dtype, device=like.device)
         torch.nn.init.zeros_(self.to_hidden.bias)
@@ -80,6 +89,10 @@ class MMEALinear(torch.nn.Module):
         self.to_scalars: Optional[torch.nn.Linear] = (
             _scalar_branch(config.rank, num_scalars_out, config, like) if num_scalars_out else None
         )
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.output_blocks = [_output_block(block) for block in self.output_blocks]
 
     def _invariants(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x[..., start : start + mul] for start, mul in self.input_scalars], dim=-1)
@@ -96,16 +109,19 @@ class MMEALinear(torch.nn.Module):
         hidden = torch.nn.functional.silu(self.to_hidden(self._invariants(x)))
         gates = self._gate_factors(hidden)
         shifts = None if self.to_scalars is None else self.to_scalars(hidden)
-        lead = y.shape[:-1]
-        blocks, gate_at, shift_at = [], 0, 0
-        for start, mul, ir in self.output_blocks:
-            block = y[..., start : start + mul * ir.dim]
-            if ir == SCALAR:
+        lead = list(y.shape[:-1])
+        blocks: List[torch.Tensor] = []
+        gate_at, shift_at = 0, 0
+        for start, mul, dim, scalar in self.output_blocks:
+            block = y[..., start : start + mul * dim]
+            if scalar:
+                assert shifts is not None  # a 0e output block has its shift
                 block = block + shifts[..., shift_at : shift_at + mul]
                 shift_at += mul
             else:
+                assert gates is not None  # a gated block has its gate
                 factors = gates[..., gate_at : gate_at + mul, None]
-                block = (block.reshape(*lead, mul, ir.dim) * factors).reshape(*lead, mul * ir.dim)
+                block = (block.reshape(lead + [mul, dim]) * factors).reshape(lead + [mul * dim])
                 gate_at += mul
             blocks.append(block)
         return torch.cat(blocks, dim=-1)

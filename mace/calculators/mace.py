@@ -2,9 +2,11 @@
 committees of several models, and per-atom descriptors.
 
 Behaves as upstream's ``mace.calculators.MACECalculator`` (0.3.x) does for energy models, as
-a user's script sees it: the same arguments and the same ``results`` keys. What this version
-does not implement (torch.compile, dipole model types, cuEquivariance) is refused with an
-error that says so, never silently ignored; see docs/compat.md, "Python API".
+a user's script sees it: the same arguments and the same ``results`` keys. Model files may
+also be TorchScript files (``NAME_compiled.model`` of a training run), and
+``compile_mode="script"`` compiles the models with TorchScript. What this version does not
+implement (torch.compile, dipole model types, cuEquivariance) is refused with an error that
+says so, never silently ignored; see docs/compat.md, "Python API".
 """
 import glob
 import logging
@@ -20,14 +22,17 @@ from e3nn import o3
 
 from mace.core.errors import UserInputError
 from mace.data import Configuration, batch_to_device, collate_graphs, config_from_atoms
+from mace.modules.export import is_torchscript_file, script_model
 from mace.modules.loading import load_model
+from mace.modules.models import model_heads
 from mace.modules.predict import Prediction, model_graphs, predict
 
 PathLike = Union[str, Path]
 
-# The head name upstream gives a model that has no ``heads`` attribute (one head).
-DEFAULT_HEAD = "Default"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# compile_mode values: None (eager) or TorchScript. Upstream passes any other value to
+# torch.compile as its mode, which this version refuses.
+TORCHSCRIPT_MODES = ("script",)
 SCALAR = o3.Irrep("0e")
 
 
@@ -69,14 +74,30 @@ def model_file_paths(model_paths: Union[PathLike, Sequence[PathLike]]) -> List[P
     return [Path(p) for p in matches]
 
 
-def model_heads(model: torch.nn.Module) -> List[str]:
-    """Head names: upstream's newer files carry ``heads``; older files and ours have one head."""
-    heads = getattr(model, "heads", None)
-    return [str(h) for h in heads] if heads else [DEFAULT_HEAD]
-
-
 def model_dtype(model: torch.nn.Module) -> torch.dtype:
     return model.r_max.dtype
+
+
+def load_model_file(path: Path, dtype: Optional[torch.dtype], trust_pickle: bool) -> torch.nn.Module:
+    """A model file: pickled (the safe loader, in ``dtype`` if given) or TorchScript
+    (``torch.jit.load``; it runs in the dtype it was compiled in)."""
+    if not is_torchscript_file(path):
+        return load_model(path, dtype=dtype, trust_pickle=trust_pickle)
+    model = torch.jit.load(str(path), map_location="cpu")
+    if not hasattr(model, "atomic_energies_fn"):
+        raise CalculatorInputError(
+            f"'{path}' is a TorchScript file of another interface (a LAMMPS model?), not a compiled MACE model"
+        )
+    if dtype is not None and dtype != model_dtype(model):
+        raise CalculatorInputError(
+            f"'{path}' is a TorchScript model compiled in {model_dtype(model)}; it runs in that dtype only: "
+            f"pass default_dtype='' (or the file's dtype), or use the model file it was compiled from"
+        )
+    return model
+
+
+def is_scripted(model: torch.nn.Module) -> bool:
+    return isinstance(model, torch.jit.ScriptModule)
 
 
 def node_e0s(model: torch.nn.Module, atomic_numbers: np.ndarray) -> np.ndarray:
@@ -107,6 +128,10 @@ class MACECalculator(Calculator):
     a model trained in other units to ASE's eV and Angstrom. Stress is computed only for
     periodic structures. ``trust_pickle=True`` reads the model files without the safe
     loader's restrictions: only for files you trust (see :func:`mace.modules.loading.load_model`).
+    A TorchScript file (``torch.jit.save``, e.g. ``NAME_compiled.model``) is read with
+    ``torch.jit.load`` and runs in its own dtype; ``compile_mode="script"`` compiles the models
+    with TorchScript (``mace.modules.export.script_model``; same results, descriptors need the
+    uncompiled model). Other ``compile_mode`` values (upstream's torch.compile modes) are refused.
     """
 
     def __init__(
@@ -129,6 +154,7 @@ class MACECalculator(Calculator):
     ) -> None:
         super().__init__(**kwargs)
         self._refuse_unsupported(model_type, compile_mode, enable_cueq)
+        self.compile_mode = compile_mode
         if default_dtype not in ("", *DTYPES):
             raise CalculatorInputError(f"default_dtype must be 'float64', 'float32' or '' (the model's), not '{default_dtype}'")
         self.device = resolve_device(device)
@@ -145,6 +171,8 @@ class MACECalculator(Calculator):
         for member in self.models:
             for parameter in member.parameters():
                 parameter.requires_grad_(False)
+        if compile_mode in TORCHSCRIPT_MODES:
+            self.models = [m if is_scripted(m) else script_model(m) for m in self.models]
         self.num_models = len(self.models)
         self.available_heads = model_heads(self.models[0])
         self.head = self._check_head(head)
@@ -168,10 +196,10 @@ class MACECalculator(Calculator):
             raise UnsupportedOptionError(
                 f"model_type='{model_type}' is not supported: this version runs energy models only (model_type='MACE')"
             )
-        if compile_mode is not None:
+        if compile_mode is not None and compile_mode not in TORCHSCRIPT_MODES:
             raise UnsupportedOptionError(
-                f"compile_mode='{compile_mode}': compiling the model (torch.compile or TorchScript) is not "
-                "supported yet; leave compile_mode=None"
+                f"compile_mode='{compile_mode}': torch.compile is not supported; pass compile_mode='script' "
+                "to compile the models with TorchScript, or None"
             )
         if enable_cueq:
             raise UnsupportedOptionError("enable_cueq=True: cuEquivariance acceleration is not supported; leave it False")
@@ -195,7 +223,7 @@ class MACECalculator(Calculator):
             if not members:
                 raise CalculatorInputError("models is an empty list: give at least one model")
             return members
-        return [load_model(path, dtype=dtype, trust_pickle=trust_pickle) for path in model_file_paths(model_paths)]
+        return [load_model_file(path, dtype, trust_pickle) for path in model_file_paths(model_paths)]
 
     def _check_head(self, head: Optional[str]) -> str:
         """Our models have one head: ``head`` must be None or its name (upstream's 'Default')."""
@@ -284,6 +312,10 @@ class MACECalculator(Calculator):
     def _descriptors(
         self, member: torch.nn.Module, config: Configuration, invariants_only: bool, num_layers: int
     ) -> np.ndarray:
+        if is_scripted(member):
+            raise UnsupportedOptionError(
+                "get_descriptors needs the model file (NAME.model): a TorchScript model computes energies and forces only"
+            )
         layer_irreps = member.layer_irreps()
         total = len(layer_irreps)
         if num_layers == -1:

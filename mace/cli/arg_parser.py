@@ -86,6 +86,16 @@ MULTIHEAD_REPLAY_FLAGS: Dict[str, Tuple[Any, Any, Optional[List[str]]]] = {
     "subselect_pt": (str, "random", ["fps", "random"]),
     "filter_type_pt": (str, "none", ["none", "combinations", "inclusive", "exclusive"]),
     "force_mh_ft_lr": (str2bool, False, None),
+    "foundation_head": (str, None, None),
+    "weight_pt_head": (float, 1.0, None),
+    "real_pt_data_ratio_threshold": (float, 0.1, None),
+    "pt_valid_file": (str, None, None),
+    "pseudolabel_replay": (str2bool, False, None),
+    "pseudolabel_replay_compute_stress": (str2bool, False, None),
+    "skip_evaluate_heads": (str, "pt_head", None),
+    "head_key": (str, "head", None),
+    "foundation_filter_elements": (str2bool, True, None),
+    "foundation_model_kwargs": (str, "{}", None),
 }
 
 
@@ -129,6 +139,29 @@ def _number_mapping(raw: Mapping[Any, Any], key: Callable[[Any], Any], message: 
         raise UserInputError(message) from exc
 
 
+DEFAULT_LR_PARAMS_FACTORS = (
+    '{"embedding_lr_factor": 1.0, "interactions_lr_factor": 1.0, "products_lr_factor": 1.0, "readouts_lr_factor": 1.0}'
+)
+LR_PARAMS_FACTOR_KEYS = ("embedding_lr_factor", "interactions_lr_factor", "products_lr_factor", "readouts_lr_factor")
+
+
+def parse_lr_params_factors(text: str) -> Dict[str, float]:
+    """Upstream's --lr_params_factors: a JSON dict of block learning-rate factors."""
+    try:
+        factors = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"--lr_params_factors: not a JSON dict ({error.msg}): {text!r}") from None
+    if not isinstance(factors, dict):
+        raise UserInputError(f"--lr_params_factors: expected a JSON dict, got {text!r}")
+    unknown = sorted(set(factors) - set(LR_PARAMS_FACTOR_KEYS))
+    if unknown:
+        raise UserInputError(f"--lr_params_factors: unknown key(s) {unknown}; the keys are {list(LR_PARAMS_FACTOR_KEYS)}")
+    parsed = _number_mapping(factors, str, f"--lr_params_factors: factors must be numbers, got {text!r}")
+    if not all(math.isfinite(value) and value >= 0 for value in parsed.values()):
+        raise UserInputError(f"--lr_params_factors: factors must be finite and non-negative, got {text!r}")
+    return parsed
+
+
 def parse_config_type_weights(text: str) -> Dict[str, float]:
     """Loss weight per ``config_type`` label, from a dict literal such as ``{"Default": 1.0}``."""
     weights = _literal(text, "--config_type_weights")
@@ -147,6 +180,13 @@ DEFAULT_FIRST_INTERACTION = {
     "MACE": "RealAgnosticInteractionBlock",
     "ScaleShiftMACE": "RealAgnosticResidualInteractionBlock",
 }
+# Interaction blocks of upstream 0.3.16's newer foundation models, choices of both
+# --interaction and --interaction_first.
+NEWER_INTERACTIONS = (
+    "RealAgnosticDensityInteractionBlock",
+    "RealAgnosticDensityResidualInteractionBlock",
+    "RealAgnosticResidualNonLinearInteractionBlock",
+)
 E0_KEYWORDS = ("average", "estimated", "foundation")
 FOUNDATION_E0_KEYWORDS = ("estimated", "foundation")
 
@@ -203,9 +243,19 @@ def hidden_irreps_from_channels(num_channels: int, max_L: int) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def _stage_two_alias(flag: str) -> List[str]:
+    """Upstream 0.3.16's second name of a --swa* flag (--stage_two, --start_stage_two,
+    --stage_two_lr, --stage_two_forces_weight, ...); the value lands under the --swa* name."""
+    if flag == "--start_swa":
+        return ["--start_stage_two"]
+    if flag.startswith("--swa") and flag != "--swa_lr_schedule":
+        return ["--stage_two" + flag[len("--swa"):]]
+    return []
+
+
 def _value(group: Any, flag: str, kind: Any, default: Any, text: str, **extra: Any) -> None:
     """Add a flag that takes one value (the common case), keeping definitions one per line."""
-    group.add_argument(flag, type=kind, default=default, help=text, **extra)
+    group.add_argument(flag, *_stage_two_alias(flag), type=kind, default=default, help=text, **extra)
 
 
 def _switch(
@@ -214,7 +264,7 @@ def _switch(
     """Add a flag without value; giving it sets ``given`` (by default: ``not default``)."""
     given = (not default) if given is None else given
     action = "store_true" if given else "store_false"
-    group.add_argument(flag, action=action, default=default, help=text)
+    group.add_argument(flag, *_stage_two_alias(flag), action=action, default=default, help=text)
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -265,24 +315,38 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                     "AtomicDipolesMACE", "EnergyDipolesMACE"])
     _value(g, "--r_max", float, 5.0, "Neighbour cutoff radius in Angstrom.")
     _value(g, "--radial_type", str, "bessel",
-           "Radial basis of the edge lengths (only 'bessel' is implemented).",
+           "Radial basis of the edge lengths: sine Bessel functions, Gaussians, or Chebyshev "
+           "polynomials of the length.",
            choices=["bessel", "gaussian", "chebyshev"])
     _value(g, "--num_radial_basis", int, 8, "Number of radial basis functions.")
     _value(g, "--num_cutoff_basis", int, 5,
            "Order p of the polynomial envelope that takes edges smoothly to zero at r_max.")
-    _switch(g, "--pair_repulsion", False, "Add a ZBL short-range repulsion (not supported here).")
+    _switch(g, "--pair_repulsion", False,
+            "Add the ZBL screened nuclear repulsion between neighbours (cut off at the pair's "
+            "covalent radii) to the energy.")
     _value(g, "--distance_transform", str, "None",
-           "Rescaling of edge lengths before the radial basis (only 'None' is implemented).",
+           "Element-aware rescaling of edge lengths before the radial basis: Agnesi (onto (0, 1], "
+           "scaled by the pair's covalent radii) or Soft (short lengths clamped smoothly).",
            choices=["None", "Agnesi", "Soft"])
+    _value(g, "--apply_cutoff", str2bool, True,
+           "Multiply the radial features by the cutoff envelope (true/false); false applies it "
+           "to the radial-MLP outputs instead.")
+    _value(g, "--use_last_readout_only", str2bool, False,
+           "Read the energy out of the last layer only, not out of every layer (true/false).")
+    _value(g, "--use_embedding_readout", str2bool, False,
+           "Upstream's energy readout of its charge/spin embeddings (true/false); this fork has "
+           "no such embeddings, so, as upstream without them, it changes nothing.")
     _value(g, "--interaction", str, "RealAgnosticResidualInteractionBlock",
            "Interaction block of the layers after the first.",
            choices=["RealAgnosticResidualInteractionBlock",
-                    "RealAgnosticAttResidualInteractionBlock", "RealAgnosticInteractionBlock"])
+                    "RealAgnosticAttResidualInteractionBlock", "RealAgnosticInteractionBlock",
+                    *NEWER_INTERACTIONS])
     _value(g, "--interaction_first", str, None,
            "Interaction block of the first layer; default: RealAgnosticInteractionBlock for "
            "--model MACE (the block upstream always builds there), "
            "RealAgnosticResidualInteractionBlock for ScaleShiftMACE. Given, it wins for both.",
-           choices=["RealAgnosticResidualInteractionBlock", "RealAgnosticInteractionBlock"])
+           choices=["RealAgnosticResidualInteractionBlock", "RealAgnosticInteractionBlock",
+                    *NEWER_INTERACTIONS])
     _value(g, "--max_ell", int, 3, "Highest l of the edge spherical harmonics.")
     _value(g, "--correlation", int, 3, "Body order of the symmetric product basis.")
     _value(g, "--use_reduced_cg", str2bool, False,
@@ -321,12 +385,14 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     """Data files, splitting, statistics and the keys under which labels are stored."""
     g = parser.add_argument_group("data")
-    _value(g, "--train_file", str, None, "Training configurations, extxyz (required).")
+    _value(g, "--train_file", str, None,
+           "Training configurations (required): extxyz, or preprocessed HDF5 (an .h5 file or a "
+           "folder of them, read on access; see python -m mace.cli.preprocess_data).")
     _value(g, "--valid_file", str, None,
            "Validation configurations; without it --valid_fraction of the training file is used.")
     _value(g, "--valid_fraction", float, 0.1,
            "Share of the training file held out for validation when --valid_file is absent.")
-    _value(g, "--test_file", str, None, "Test configurations, evaluated after training.")
+    _value(g, "--test_file", str, None, "Test configurations (extxyz or HDF5), evaluated after training.")
     _value(g, "--test_dir", str, None, "Folder of test files, each evaluated after training.")
     _value(g, "--multi_processed_test", str2bool, False,
            "Load test sets with worker processes (not supported here).")
@@ -337,7 +403,10 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
            "Elements the model covers, as a list literal like '[1, 6, 8]'; default: the data's.")
     _value(g, "--mean", float, None, "Energy shift of ScaleShiftMACE; default: from the data.")
     _value(g, "--std", float, None, "Energy scale of ScaleShiftMACE; default: from the data.")
-    _value(g, "--statistics_file", str, None, "Precomputed data statistics (not supported yet).")
+    _value(g, "--statistics_file", str, None,
+           "statistics.json of preprocess_data (ours or upstream's): its E0s, average neighbour "
+           "count, mean and std (shift and scale) and elements replace --E0s, "
+           "--avg_num_neighbors, --mean, --std and --atomic_numbers.")
     _value(g, "--E0s", str, None,
            "Isolated-atom energies: 'average' (least squares over the training energies), "
            "'estimated' (fine-tuning: least squares over what the foundation leaves unexplained), "
@@ -389,6 +458,14 @@ def _add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
            "'cosine' (from --swa_lr down to zero at the last epoch, half a cosine).",
            choices=["constant", "cosine"])
     _value(g, "--weight_decay", float, 5e-07, "L2 penalty on the decayed weights.")
+    _value(g, "--lr_params_factors", str, DEFAULT_LR_PARAMS_FACTORS,
+           "Learning-rate factor of each block, as a JSON dict (upstream's keys: "
+           "embedding_lr_factor, interactions_lr_factor, products_lr_factor, readouts_lr_factor); "
+           "the SWA stage trains every block at --swa_lr, as upstream.")
+    _value(g, "--freeze", int, None,
+           "Stop blocks from training, as upstream: 1 or more freezes the node embedding, 5 or "
+           "more also the interactions, 6 the products, 7 the readouts (with their adapters); "
+           "0, negative or unset: nothing.")
     # Upstream quirk kept for compatibility: on by default, and giving it keeps it on.
     _switch(g, "--amsgrad", True, "Use the AMSGrad variant of Adam (always on, as upstream).",
             given=True)
@@ -615,15 +692,8 @@ def _unsupported_feature_errors(args: argparse.Namespace) -> Iterator[str]:
     for flag in ("interaction", "interaction_first"):
         if getattr(args, flag) == "RealAgnosticAttResidualInteractionBlock":
             yield (f"--{flag} RealAgnosticAttResidualInteractionBlock is not supported: this "
-                   "fork implements RealAgnosticInteractionBlock and "
-                   "RealAgnosticResidualInteractionBlock")
-    if args.pair_repulsion:
-        yield "--pair_repulsion is not supported: this fork has no ZBL repulsion term"
-    if args.distance_transform != "None":
-        yield (f"--distance_transform {args.distance_transform} is not supported: only None "
-               "is implemented")
-    if args.radial_type != "bessel":
-        yield f"--radial_type {args.radial_type} is not supported: only bessel is implemented"
+                   "fork implements RealAgnosticInteractionBlock, "
+                   f"RealAgnosticResidualInteractionBlock and {', '.join(NEWER_INTERACTIONS)}")
     if args.multi_processed_test:
         yield "--multi_processed_test True is not supported: test sets are loaded in one process"
     if not args.compute_forces:
@@ -632,9 +702,6 @@ def _unsupported_feature_errors(args: argparse.Namespace) -> Iterator[str]:
     for flag, default in UNUSED_KEYS.items():
         if getattr(args, flag) != default:
             yield f"--{flag} {getattr(args, flag)} is not supported: this fork has no dipole or charge models"
-    if args.statistics_file is not None:
-        yield ("--statistics_file is not supported yet: statistics are computed from the "
-               "training data")
     yield from _upstream_0316_feature_errors(args)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type, T
 import torch
 from torch_ema import ExponentialMovingAverage
 
-from mace.adapters import METHODS, count_trainable
+from mace.adapters import METHODS, count_trainable, freeze_blocks
 from mace.adapters.io import save_adapter
 from mace.adapters.prepare import (
     apply_adapters,
@@ -28,8 +28,9 @@ from mace.adapters.prepare import (
 )
 from mace.data import make_loader
 from mace.data.datasets import Datasets, DataSettings, dataset_elements, load_datasets, write_valid_indices
-from mace.data.statistics import average_num_neighbors, resolve_e0s, scale_and_shift
+from mace.data.statistics import average_num_neighbors, read_statistics, resolve_e0s, scale_and_shift
 from mace.modules.builder import ModelSettings, build_model
+from mace.modules.export import save_scripted
 from mace.modules.loading import save_model
 from mace.modules.loss import build_loss, build_stage_two_loss
 from mace.modules.models import MACE
@@ -39,12 +40,13 @@ from mace.cli.arg_parser import (
     parse_atomic_numbers,
     parse_config_type_weights,
     parse_e0s,
+    parse_lr_params_factors,
     parse_radial_mlp,
 )
 from mace.cli.entry import run_cli
 from mace.cli.logging_setup import setup_logging
 from mace.core.atomic_numbers import AtomicNumberTable
-from mace.core.errors import UserInputError
+from mace.core.errors import UserInputError, one_line
 from mace.core.files import remove_stale_temporaries, unwritable_folder_reason
 from mace.core.run_lock import RunLock
 from mace.core.torch_setup import dtype_from_name, select_device, set_seeds
@@ -102,10 +104,18 @@ class RunPaths:
         """NAME_merged.model, the ELoRA or LoRA model with its updates folded in."""
         return model.with_name(f"{model.stem}_merged.model")
 
+    @staticmethod
+    def compiled_file(model: Path) -> Path:
+        """NAME_compiled.model, the TorchScript file of NAME.model (upstream's name)."""
+        return model.with_name(f"{model.stem}_compiled.model")
+
     def final_files(self) -> List[Path]:
         """Files written whole (atomically) once the inputs are validated or training ended."""
         models = [self.model, self.swa_model]
-        return [self.valid_indices, *models, *map(self.adapter_file, models), *map(self.merged_file, models)]
+        return [
+            self.valid_indices, *models, *map(self.adapter_file, models), *map(self.merged_file, models),
+            *map(self.compiled_file, models),
+        ]
 
     def output_folders(self) -> Dict[str, Path]:
         """Each output folder under the flag that sets it."""
@@ -146,6 +156,24 @@ def data_settings(args: argparse.Namespace) -> DataSettings:
     return settings_from_flags(DataSettings, args, config_type_weights=parse_config_type_weights(args.config_type_weights))
 
 
+def apply_statistics_file(args: argparse.Namespace) -> None:
+    """--statistics_file: its E0s, neighbour count, mean, std and elements replace the flags
+    that set them (as upstream), so the model is set up without a pass over the data."""
+    if args.statistics_file is None:
+        return
+    statistics = read_statistics(args.statistics_file)
+    if statistics.r_max is not None and statistics.r_max != args.r_max:
+        raise UserInputError(
+            f"--statistics_file {args.statistics_file} counted neighbours within r_max={statistics.r_max}, "
+            f"but --r_max is {args.r_max}: preprocess with the same --r_max"
+        )
+    args.E0s = str(statistics.atomic_energies)
+    args.avg_num_neighbors, args.compute_avg_num_neighbors = statistics.avg_num_neighbors, False
+    args.mean, args.std = statistics.mean, statistics.std
+    args.atomic_numbers = str(statistics.atomic_numbers)
+    logging.info("Statistics from %s: %s", args.statistics_file, statistics)
+
+
 def finetuning_model(
     args: argparse.Namespace, datasets: Datasets, argv: Sequence[str], device: torch.device, foundation: Path
 ) -> MACE:
@@ -171,7 +199,8 @@ def scratch_model(args: argparse.Namespace, datasets: Datasets, device: torch.de
     atomic_numbers = dataset_elements(datasets, parse_atomic_numbers(args.atomic_numbers))
     e0s = resolve_e0s(parse_e0s(args.E0s), datasets.train, datasets.isolated_atom_e0s, AtomicNumberTable(atomic_numbers))
     avg_neighbors = average_num_neighbors(datasets.train, args.r_max) if args.compute_avg_num_neighbors else float(args.avg_num_neighbors)
-    scale, shift = scale_and_shift(args.scaling, datasets.train, e0s)
+    given = args.std is not None and args.mean is not None  # e.g. by --statistics_file: no pass over the data
+    scale, shift = (1.0, 0.0) if given else scale_and_shift(args.scaling, datasets.train, e0s)
     scale = scale if args.std is None else float(args.std)
     shift = shift if args.mean is None else float(args.mean)
     logging.info("Average number of neighbours %.3f, scale %.5f, shift %.5f", avg_neighbors, scale, shift)
@@ -185,9 +214,11 @@ def build_run_model(
     args: argparse.Namespace, datasets: Datasets, argv: Sequence[str], device: torch.device, foundation: Optional[Path]
 ) -> MACE:
     """A model from hyperparameters, or the prepared ``foundation`` file with its adapters."""
-    if foundation is not None:
-        return finetuning_model(args, datasets, argv, device, foundation)
-    return scratch_model(args, datasets, device)
+    model = finetuning_model(args, datasets, argv, device, foundation) if foundation is not None else scratch_model(args, datasets, device)
+    frozen = freeze_blocks(model, args.freeze)
+    if frozen:
+        logging.info("--freeze %d: %s frozen; %s parameters train", args.freeze, ", ".join(frozen), f"{count_trainable(model):,}")
+    return model
 
 
 def build_trainer(
@@ -204,7 +235,7 @@ def build_trainer(
             start_epoch=args.start_swa, loss_fn=swa_loss, lr=args.swa_lr,
             end_epoch=args.max_num_epochs, schedule=args.swa_lr_schedule,
         )
-    optimizer_settings = settings_from_flags(OptimizerSettings, args)
+    optimizer_settings = settings_from_flags(OptimizerSettings, args, lr_params_factors=parse_lr_params_factors(args.lr_params_factors))
     optimizer = build_optimizer(model, optimizer_settings)
     ema = ExponentialMovingAverage(trainable_parameters(model.parameters()), decay=args.ema_decay) if args.ema else None
     return Trainer(
@@ -254,6 +285,18 @@ def save_final_model(model: MACE, target: Path, args: argparse.Namespace) -> Non
     to_save = model.to("cpu") if args.save_cpu else model
     save_model(to_save, target)
     logging.info("Saved model to %s", target)
+    save_compiled_model(to_save, RunPaths.compiled_file(target))
+
+
+def save_compiled_model(model: MACE, path: Path) -> None:
+    """NAME_compiled.model, for MD codes and torch.jit.load. The model file is already saved,
+    so a model TorchScript cannot compile costs this file only (with a warning), not the run."""
+    try:
+        save_scripted(model, path)
+    except Exception as error:  # pylint: disable=broad-except  (whatever TorchScript raises)
+        logging.warning("Could not write the TorchScript file %s: %s", path, one_line(error))
+        return
+    logging.info("Saved TorchScript model to %s", path)
 
 
 def save_finetuning_outputs(model: MACE, args: argparse.Namespace, foundation: Path, model_path: Path) -> None:
@@ -330,6 +373,7 @@ def train_and_save(args: argparse.Namespace, argv: Sequence[str], paths: RunPath
     torch.set_default_dtype(dtype_from_name(args.default_dtype))
     device = process_device(args, place)
     # The number of processes shapes the batches, so a restart must keep it too.
+    apply_statistics_file(args)
     run_settings = {**defining_settings(args), "world_size": place.world_size}
     checkpoint = checkpoint_to_resume(checkpoints, run_settings, device) if args.restart_latest else None
     datasets = load_datasets(data_settings(args))

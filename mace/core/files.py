@@ -4,8 +4,9 @@ import glob
 import hashlib
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Union
 
 import torch
 
@@ -30,15 +31,28 @@ def _new_temporary(path: Path) -> Path:
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(temporary_path)`` in the target folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = str(_new_temporary(path))
-    try:
+    with atomic_outputs([path]) as (temporary,):
         write(temporary)
-        os.replace(temporary, path)
+
+
+@contextmanager
+def atomic_outputs(paths: Sequence[PathLike]) -> Iterator[List[str]]:
+    """Temporaries for ``paths`` (one each, in its target's folder) to be written in the
+    block; once it ends without error they are renamed over their targets, otherwise all
+    removed: no target is replaced unless every one was written (e.g. by worker processes)."""
+    targets = [Path(path) for path in paths]
+    temporaries: List[str] = []
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporaries.append(str(_new_temporary(target)))
+        yield list(temporaries)
+        for temporary, target in zip(temporaries, targets):
+            os.replace(temporary, target)
     except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        for temporary in temporaries:
+            if os.path.exists(temporary):
+                os.remove(temporary)
         raise
 
 

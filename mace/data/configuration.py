@@ -10,7 +10,7 @@ per file and label).
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import ase.io
 import numpy as np
@@ -98,6 +98,24 @@ class Configuration:
     def head(self) -> str:
         """The head the labels belong to; this fork's models have one, upstream's "Default"."""
         return DEFAULT_HEAD
+
+
+class LazyConfigurations(Sequence[Configuration]):
+    """Configurations kept in storage and read one at a time on access (an HDF5 file, say),
+    so that memory does not grow with their number. Graphs of them are built on access too
+    (:func:`~mace.data.graph.graphs_of`); splits and groups are views (:meth:`subset`)."""
+
+    def subset(self, indices: Sequence[int]) -> "LazyConfigurations":
+        """The configurations at ``indices``, in that order, still read on access."""
+        raise NotImplementedError
+
+    def element_arrays(self) -> Iterator[np.ndarray]:
+        """The atomic numbers of each configuration (subclasses read only those)."""
+        return (config.atomic_numbers for config in self)
+
+    def config_types(self) -> List[str]:
+        """The config_type of each configuration (subclasses read only those)."""
+        return [config.config_type for config in self]
 
 
 def has_label(config: Configuration, label: str) -> bool:
@@ -229,7 +247,7 @@ def read_frames(path: str) -> List[Atoms]:
     return frames
 
 
-def _non_finite_label(config: Configuration, keys: Dict[str, str]) -> Optional[str]:
+def non_finite_label(config: Configuration, keys: Dict[str, str]) -> Optional[str]:
     """Description of the first of ``keys`` ({label: file key}) holding NaN or inf, if any."""
     for label, key in keys.items():
         value = getattr(config, label)
@@ -277,7 +295,7 @@ def load_from_xyz(
             )
         except UserInputError as error:
             raise UserInputError(f"{path} frame {index}: {error}") from None
-        non_finite = _non_finite_label(config, label_keys)
+        non_finite = non_finite_label(config, label_keys)
         if non_finite is not None:
             # Caught here, a NaN cannot reach the loss (a misleading "lower --lr") or an error table.
             raise UserInputError(f"{path} frame {index}: {non_finite} holds NaN or inf; fix or remove the frame.")
@@ -377,7 +395,7 @@ def group_by_config_type(
 
 
 def compute_average_e0s(
-    configs: Sequence[Configuration], z_table: AtomicNumberTable
+    configs: Iterable[Configuration], z_table: AtomicNumberTable
 ) -> Dict[int, float]:
     """Per-element reference energies E0 from a least-squares fit E ~ sum_z n_z E0_z.
 
@@ -386,13 +404,15 @@ def compute_average_e0s(
     minimum-norm solution, exactly as upstream: the E0s then split the mean molecular
     energy over the elements in proportion to their counts rather than being physical.
     """
-    labelled = [config for config in configs if has_label(config, "energy")]
-    if not labelled:
+    rows: List[List[int]] = []
+    labelled_energies: List[float] = []
+    for config in configs:  # one pass, keeping no configuration (they may be read on access)
+        if has_label(config, "energy"):
+            rows.append([np.count_nonzero(config.atomic_numbers == z) for z in z_table.zs])
+            labelled_energies.append(config.energy)
+    if not rows:
         raise UserInputError("Cannot compute average E0s: no configuration has an energy.")
-    counts = np.array(
-        [[np.count_nonzero(c.atomic_numbers == z) for z in z_table.zs] for c in labelled],
-        dtype=float,
-    )
-    energies = np.array([config.energy for config in labelled], dtype=float)
+    counts = np.array(rows, dtype=float)
+    energies = np.array(labelled_energies, dtype=float)
     e0s = np.linalg.lstsq(counts, energies, rcond=None)[0]
     return {z: float(e0) for z, e0 in zip(z_table.zs, e0s)}

@@ -2,20 +2,22 @@
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mace.data.configuration import (
     Configuration,
+    LazyConfigurations,
     group_by_config_type,
     load_from_xyz,
     random_train_valid_split,
 )
+from mace.data.hdf5 import HDF5Configurations, is_hdf5_source
 from mace.core.errors import UserInputError
 from mace.core.files import atomic_write
 
-NamedSet = Tuple[str, List[Configuration]]
+NamedSet = Tuple[str, Sequence[Configuration]]
 
 # Labels every file a run trains or validates on must have in at least one frame (a key no
 # frame has is most likely a mistyped --energy_key / --forces_key); frames that lack them
@@ -26,22 +28,24 @@ REQUIRED_LABELS = ("energy", "forces")
 @dataclass
 class Datasets:
     """``valid_indices``: which frames of the training file a seeded split held out (None
-    with --valid_file)."""
+    with --valid_file). A set read from HDF5 is a :class:`LazyConfigurations`, read on access."""
 
-    train: List[Configuration]
-    valid: List[Configuration]
+    train: Sequence[Configuration]
+    valid: Sequence[Configuration]
     tests: List[NamedSet] = field(default_factory=list)
     isolated_atom_e0s: Dict[int, float] = field(default_factory=dict)
     valid_indices: Optional[List[int]] = None
 
-    def all_configurations(self) -> List[Configuration]:
-        return self.train + self.valid + [c for _, configs in self.tests for c in configs]
+    def all_sets(self) -> List[Sequence[Configuration]]:
+        return [self.train, self.valid, *(configs for _, configs in self.tests)]
 
 
 @dataclass(frozen=True)
 class DataSettings:
     """Where a run's configurations come from and under which keys their labels are stored
-    (upstream's flag names and defaults); ``seed`` draws the validation split."""
+    (upstream's flag names and defaults); ``seed`` draws the validation split. A file ending
+    in .h5 / .hdf5, or a folder of them, is preprocessed data (``mace.data.hdf5``): its
+    labels and weights were read when it was written, so the keys do not apply to it."""
 
     train_file: str
     valid_file: Optional[str] = None
@@ -57,7 +61,7 @@ class DataSettings:
     keep_isolated_atoms: bool = False
 
 
-def _read(path: str, settings: DataSettings, **kwargs: Any) -> Tuple[Dict[int, float], List[Configuration]]:
+def read_xyz(path: str, settings: DataSettings, **kwargs: Any) -> Tuple[Dict[int, float], List[Configuration]]:
     return load_from_xyz(
         path,
         energy_key=settings.energy_key,
@@ -69,8 +73,34 @@ def _read(path: str, settings: DataSettings, **kwargs: Any) -> Tuple[Dict[int, f
     )
 
 
+def _read_set(path: str, settings: DataSettings, **kwargs: Any) -> Tuple[Dict[int, float], Sequence[Configuration]]:
+    """Configurations of an extxyz file (with the E0s of its isolated atoms when asked), or
+    of preprocessed HDF5 data, read on access (no isolated atoms: preprocessing took them out)."""
+    if is_hdf5_source(path):
+        return {}, HDF5Configurations(path)
+    return read_xyz(path, settings, **kwargs)
+
+
+def _split(configs: Sequence[Configuration], fraction: float, seed: int) -> Tuple[Sequence[Configuration], Sequence[Configuration], List[int]]:
+    """The seeded split of :func:`random_train_valid_split`; of a set read on access, as views."""
+    if isinstance(configs, LazyConfigurations):
+        train, valid, indices = random_train_valid_split(range(len(configs)), fraction, seed)
+        return configs.subset(train), configs.subset(valid), indices
+    return random_train_valid_split(configs, fraction, seed)
+
+
+def _config_type_groups(configs: Sequence[Configuration]) -> List[NamedSet]:
+    if not isinstance(configs, LazyConfigurations):
+        return group_by_config_type(configs)
+    groups: Dict[str, List[int]] = {}
+    for index, config_type in enumerate(configs.config_types()):
+        groups.setdefault(config_type, []).append(index)
+    return [(config_type, configs.subset(indices)) for config_type, indices in groups.items()]
+
+
 def test_sets(settings: DataSettings) -> List[NamedSet]:
-    """One set per test file (test_dir: every .xyz in it), split further by config_type."""
+    """One set per test file (test_dir: every .xyz in it), split further by config_type; a
+    test file may be preprocessed data too (an .h5 file or a folder of them)."""
     paths: List[Path] = []
     if settings.test_file:
         paths.append(Path(settings.test_file))
@@ -81,8 +111,8 @@ def test_sets(settings: DataSettings) -> List[NamedSet]:
         paths.extend(sorted(directory.glob("*.xyz")))
     sets: List[NamedSet] = []
     for path in paths:
-        _, configs = _read(str(path), settings)
-        groups = group_by_config_type(configs)
+        _, configs = _read_set(str(path), settings)
+        groups = _config_type_groups(configs)
         if len(groups) == 1:
             sets.append((path.stem, groups[0][1]))
         else:
@@ -96,15 +126,15 @@ def load_datasets(settings: DataSettings) -> Datasets:
     Frames of the training or validation file without an energy or forces train with zero
     weight for them (one warning per file and label); a file where no frame has one is an
     error. Test files are evaluated on the labels their frames have."""
-    isolated, train = _read(
+    isolated, train = _read_set(
         settings.train_file, settings, extract_atomic_energies=True, keep_isolated_atoms=settings.keep_isolated_atoms,
         required_labels=REQUIRED_LABELS, role="train",
     )
     indices: Optional[List[int]] = None
     if settings.valid_file:
-        _, valid = _read(settings.valid_file, settings, required_labels=REQUIRED_LABELS, role="validate")
+        _, valid = _read_set(settings.valid_file, settings, required_labels=REQUIRED_LABELS, role="validate")
     else:
-        train, valid, indices = random_train_valid_split(train, settings.valid_fraction, settings.seed)
+        train, valid, indices = _split(train, settings.valid_fraction, settings.seed)
     datasets = Datasets(train=train, valid=valid, tests=test_sets(settings), isolated_atom_e0s=isolated, valid_indices=indices)
     logging.info(
         "Data: %d training, %d validation configurations; test sets: %s",
@@ -126,9 +156,15 @@ def write_valid_indices(datasets: Datasets, path: Path, train_file: str) -> None
     )
 
 
+def _element_arrays(configs: Sequence[Configuration]) -> Iterator[np.ndarray]:
+    if isinstance(configs, LazyConfigurations):
+        return configs.element_arrays()  # reads nothing else
+    return (config.atomic_numbers for config in configs)
+
+
 def dataset_elements(datasets: Datasets, explicit: Optional[List[int]]) -> List[int]:
     """Elements of the model: --atomic_numbers if given (must cover the data), else those in the data."""
-    present = sorted({int(z) for c in datasets.all_configurations() for z in c.atomic_numbers})
+    present = sorted({int(z) for configs in datasets.all_sets() for numbers in _element_arrays(configs) for z in numbers})
     if explicit is None:
         return present
     missing = sorted(set(present) - set(explicit))

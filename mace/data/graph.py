@@ -1,10 +1,11 @@
 """One configuration as the dictionary of tensors the MACE model consumes."""
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
-from mace.data.configuration import Configuration
+from mace.data.configuration import Configuration, LazyConfigurations
 from mace.data.neighborhood import get_neighborhood
 from mace.core.atomic_numbers import AtomicNumberTable, to_one_hot
 
@@ -51,3 +52,32 @@ def graph_from_configuration(
         "head": torch.tensor(head, dtype=torch.long),
         "num_nodes": torch.tensor(config.num_atoms, dtype=torch.long),
     }
+
+
+class LazyGraphs(Dataset):
+    """Graphs of configurations that are read on access, each built when it is asked for
+    (in the DataLoader worker that asks), so that neither is kept in memory."""
+
+    def __init__(self, configs: LazyConfigurations, z_table: AtomicNumberTable, cutoff: float, head: int = 0) -> None:
+        self.configs = configs
+        self.z_table = z_table
+        self.cutoff = cutoff
+        self.head = head
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return graph_from_configuration(self.configs[index], self.z_table, self.cutoff, self.head)
+
+
+def graphs_of(
+    configs: Sequence[Configuration], z_table: AtomicNumberTable, cutoff: float
+) -> Union[List[Dict[str, torch.Tensor]], LazyGraphs]:
+    """The graphs of ``configs``: built now for configurations in memory, on access for
+    those read on access (:class:`LazyConfigurations`)."""
+    if isinstance(configs, LazyConfigurations):
+        return LazyGraphs(configs, z_table, cutoff)
+    return [graph_from_configuration(config, z_table, cutoff) for config in configs]

@@ -7,7 +7,7 @@ concatenated along dim 0, and ``edge_index`` is offset by the nodes of earlier g
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 Graph = Dict[str, torch.Tensor]
 
@@ -64,7 +64,8 @@ def make_loader(
     own share of every epoch's shuffled order (torch's DistributedSampler, seeded with
     ``seed``; the caller sets its epoch), padded so that every process takes as many steps.
     """
-    graphs = list(graphs)
+    if not isinstance(graphs, Dataset):  # a Dataset (LazyGraphs) builds each graph when asked: keep it so
+        graphs = list(graphs)
     if replicas is not None:
         rank, world_size = replicas
         sampler = DistributedSampler(

@@ -1,6 +1,12 @@
 """Data statistics that set up a model: E0s, average neighbour count, energy scale and shift."""
+import ast
+import json
 import logging
-from typing import Dict, List, Sequence, Tuple, Union
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -18,7 +24,7 @@ def resolve_e0s(
 ) -> Dict[int, float]:
     """E0 per element: least squares ('average'), an explicit dict, or isolated-atom frames."""
     if spec == "average":
-        e0s = compute_average_e0s(list(train), table)
+        e0s = compute_average_e0s(train, table)
         logging.info("E0s from least squares over the training set: %s", format_e0s(e0s))
         return e0s
     if isinstance(spec, dict):
@@ -37,14 +43,24 @@ def format_e0s(e0s: Dict[int, float]) -> str:
     return ", ".join(f"{z}: {e:.4f}" for z, e in sorted(e0s.items()))
 
 
-def average_num_neighbors(configs: Sequence[Configuration], cutoff: float) -> float:
-    """Mean number of neighbours within the cutoff over all atoms (the message normaliser)."""
+def neighbour_counts(configs: Iterable[Configuration], cutoff: float) -> Tuple[int, int]:
+    """(edges within the cutoff, atoms) summed over ``configs``: integers, so the counts of
+    parts of a set add up to exactly those of the whole."""
     edges = atoms = 0
     for config in configs:
         edge_index, _, _, _ = get_neighborhood(config.positions, cutoff, config.pbc, config.cell)
         edges += edge_index.shape[1]
         atoms += config.num_atoms
+    return edges, atoms
+
+
+def average_from_counts(edges: int, atoms: int) -> float:
     return edges / max(atoms, 1)
+
+
+def average_num_neighbors(configs: Iterable[Configuration], cutoff: float) -> float:
+    """Mean number of neighbours within the cutoff over all atoms (the message normaliser)."""
+    return average_from_counts(*neighbour_counts(configs, cutoff))
 
 
 def interaction_energies_per_atom(configs: Sequence[Configuration], e0s: Dict[int, float]) -> np.ndarray:
@@ -82,3 +98,112 @@ def scale_and_shift(
         logging.warning("The %s scale is %g; using 1.0 instead", scaling, scale)
         scale = 1.0
     return scale, shift
+
+
+# --------------------------------------------------------------------------------------
+# The statistics file of preprocessed data (upstream's statistics.json)
+# --------------------------------------------------------------------------------------
+
+STATISTICS_KEYS = ("atomic_energies", "avg_num_neighbors", "mean", "std", "atomic_numbers")
+
+
+@dataclass(frozen=True)
+class DataStatistics:
+    """What a model takes from its training data, computed once when the data is
+    preprocessed: E0 per element, the neighbour normaliser, the energy shift (``mean``) and
+    scale (``std``), the elements and the cutoff the neighbours were counted with."""
+
+    atomic_energies: Dict[int, float]
+    avg_num_neighbors: float
+    mean: float
+    std: float
+    atomic_numbers: List[int]
+    r_max: Optional[float] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        """Upstream's JSON: E0s and elements as Python literals in strings (repr keeps every
+        float exact), the rest as numbers."""
+        return {
+            "atomic_energies": str({int(z): float(e) for z, e in self.atomic_energies.items()}),
+            "avg_num_neighbors": float(self.avg_num_neighbors),
+            "mean": float(self.mean),
+            "std": float(self.std),
+            "atomic_numbers": str([int(z) for z in self.atomic_numbers]),
+            "r_max": None if self.r_max is None else float(self.r_max),
+        }
+
+
+def write_statistics(path: Union[str, Path], statistics: DataStatistics) -> None:
+    """The JSON file of ``statistics`` (written as is: callers write it to a temporary)."""
+    Path(path).write_text(json.dumps(statistics.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+# numpy scalars in a literal, as str() of a dict writes them under numpy 2: np.float64(-1.5)
+NUMPY_SCALAR = re.compile(r"\b(?:np|numpy)\.\w+\(([^()]*)\)")
+
+
+def _literal_or_value(value: Any, path: Path, key: str) -> Any:
+    """Upstream writes the E0s and the elements as Python literals inside strings (its E0s
+    as ``{np.int64(1): np.float64(-13.6)}`` under numpy 2, which are read as the numbers)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(NUMPY_SCALAR.sub(r"\1", value))
+    except (ValueError, SyntaxError):
+        raise UserInputError(f"statistics file {path}: '{key}' is not a valid literal: {value!r}") from None
+
+
+def _statistics_e0s(value: Any, path: Path) -> Dict[int, float]:
+    if isinstance(value, str) and value.endswith(".json"):  # upstream allows a file of E0s here
+        e0s_path = Path(value)  # as upstream: relative to the working folder
+        try:
+            value = json.loads(e0s_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise UserInputError(f"statistics file {path}: cannot read its E0s file {e0s_path}: {error}") from None
+    value = _literal_or_value(value, path, "atomic_energies")
+    try:
+        e0s = {int(z): float(energy) for z, energy in dict(value).items()}
+    except (TypeError, ValueError):
+        raise UserInputError(f"statistics file {path}: 'atomic_energies' must map atomic numbers to energies") from None
+    if not all(math.isfinite(energy) for energy in e0s.values()):
+        raise UserInputError(f"statistics file {path}: 'atomic_energies' holds NaN or inf")
+    return e0s
+
+
+def _statistics_number(raw: Dict[str, Any], key: str, path: Path) -> float:
+    try:
+        value = float(raw[key])
+    except (TypeError, ValueError):
+        raise UserInputError(f"statistics file {path}: '{key}' is {raw[key]!r}, not a number") from None
+    if not math.isfinite(value):
+        raise UserInputError(f"statistics file {path}: '{key}' is {value}")
+    return value
+
+
+def read_statistics(path: Union[str, Path]) -> DataStatistics:
+    """The statistics file ``preprocess_data`` writes, ours or upstream's."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise UserInputError(f"cannot read the statistics file {path}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise UserInputError(f"statistics file {path} is not valid JSON ({error})") from None
+    if not isinstance(raw, dict):
+        raise UserInputError(f"statistics file {path} must hold a JSON object")
+    missing = [key for key in STATISTICS_KEYS if key not in raw]
+    if missing:
+        raise UserInputError(f"statistics file {path} lacks {', '.join(missing)}")
+    zs = _literal_or_value(raw["atomic_numbers"], path, "atomic_numbers")
+    if not isinstance(zs, (list, tuple)) or not all(isinstance(z, int) for z in zs):
+        raise UserInputError(f"statistics file {path}: 'atomic_numbers' must be a list of integers")
+    r_max = raw.get("r_max")
+    return DataStatistics(
+        atomic_energies=_statistics_e0s(raw["atomic_energies"], path),
+        avg_num_neighbors=_statistics_number(raw, "avg_num_neighbors", path),
+        mean=_statistics_number(raw, "mean", path),
+        std=_statistics_number(raw, "std", path),
+        atomic_numbers=sorted(int(z) for z in zs),
+        r_max=None if r_max is None else _statistics_number(raw, "r_max", path),
+    )
+

@@ -12,7 +12,15 @@ from e3nn import nn as e3nn_nn
 from e3nn import o3
 
 from mace.modules.irreps_tools import reshape_irreps, tp_out_irreps_with_instructions
-from mace.modules.radial import BesselBasis, PolynomialCutoff
+from mace.modules.radial import (
+    AgnesiTransform,
+    BesselBasis,
+    ChebychevBasis,
+    GaussianBasis,
+    PolynomialCutoff,
+    RadialMLP,
+    SoftTransform,
+)
 from mace.modules.symmetric_contraction import SymmetricContraction
 from mace.modules.utils import scatter_sum
 
@@ -74,17 +82,75 @@ class AtomicEnergiesBlock(torch.nn.Module):
         return f"{self.__class__.__name__}(energies=[{energies}])"
 
 
-class RadialEmbeddingBlock(torch.nn.Module):
-    """Edge length [n_edges, 1] -> Bessel features times smooth cutoff [n_edges, num_bessel]."""
+RADIAL_BASES: Dict[str, type] = {"bessel": BesselBasis, "gaussian": GaussianBasis, "chebyshev": ChebychevBasis}
+DISTANCE_TRANSFORMS: Dict[str, type] = {"Agnesi": AgnesiTransform, "Soft": SoftTransform}
 
-    def __init__(self, r_max: float, num_bessel: int, num_polynomial_cutoff: int) -> None:
+
+class RadialEmbeddingBlock(torch.nn.Module):
+    """Edge length [n_edges, 1] -> radial features [n_edges, num_bessel] and the smooth cutoff.
+
+    The basis (``bessel_fn``, whatever its type) sees the length after the optional
+    element-aware ``distance_transform``; the cutoff always sees the true length. With
+    ``apply_cutoff`` (the default, and all that files without the attribute know) the
+    features come multiplied by the cutoff; without it the interactions apply the cutoff to
+    their radial-MLP outputs instead, so the MLP sees unattenuated features.
+    """
+
+    def __init__(
+        self,
+        r_max: float,
+        num_bessel: int,
+        num_polynomial_cutoff: int,
+        radial_type: str = "bessel",
+        distance_transform: str = "None",
+        apply_cutoff: bool = True,
+    ) -> None:
         super().__init__()
-        self.bessel_fn = BesselBasis(r_max=r_max, num_basis=num_bessel)
+        self.bessel_fn = RADIAL_BASES[radial_type](r_max=r_max, num_basis=num_bessel)
+        if distance_transform in DISTANCE_TRANSFORMS:
+            self.distance_transform = DISTANCE_TRANSFORMS[distance_transform]()
         self.cutoff_fn = PolynomialCutoff(r_max=r_max, p=num_polynomial_cutoff)
         self.out_dim = num_bessel
+        self.apply_cutoff = apply_cutoff
 
-    def forward(self, edge_lengths: torch.Tensor) -> torch.Tensor:
-        return self.bessel_fn(edge_lengths) * self.cutoff_fn(edge_lengths)
+    def forward(
+        self,
+        edge_lengths: torch.Tensor,
+        node_attrs: torch.Tensor,
+        edge_index: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(features [n_edges, out_dim], cutoff [n_edges, 1] still to apply, or None)."""
+        basis_lengths = edge_lengths
+        if hasattr(self, "distance_transform"):  # TorchScript resolves hasattr when compiling
+            basis_lengths = self.distance_transform(edge_lengths, node_attrs, edge_index, atomic_numbers)
+        radial = self.bessel_fn(basis_lengths)
+        cutoff = self.cutoff_fn(edge_lengths)
+        apply_cutoff = True  # files written before the option have no such attribute
+        if hasattr(self, "apply_cutoff"):
+            apply_cutoff = self.apply_cutoff
+        if apply_cutoff:
+            return radial * cutoff, None
+        return radial, cutoff
+
+
+def with_cutoff(edge_values: torch.Tensor, cutoff: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per-edge values times the cutoff the radial embedding left to apply (if any)."""
+    return edge_values if cutoff is None else edge_values * cutoff
+
+
+def neighbour_density(
+    density_logits: torch.Tensor,
+    receiver: torch.Tensor,
+    cutoff: Optional[torch.Tensor],
+    num_nodes: int,
+) -> torch.Tensor:
+    """Learned soft neighbour count [n_nodes, 1]: sum over incoming edges of tanh(f(edge)^2),
+    each term in [0, 1), ``density_logits`` being f(edge) [n_edges, 1] (the block's
+    ``density_fn``). It replaces the data set's fixed average neighbour count as the
+    normaliser of the messages, so dense and sparse environments are scaled alike."""
+    edge_density = with_cutoff(torch.tanh(density_logits**2), cutoff)
+    return scatter_sum(edge_density, receiver, dim_size=num_nodes)
 
 
 class ScaleShiftBlock(torch.nn.Module):
@@ -109,6 +175,10 @@ class InteractionBlock(torch.nn.Module):
 
     irreps: node_feats_irreps (input), edge_attrs_irreps (spherical harmonics),
     edge_feats_irreps (radial basis), target_irreps = irreps_out (messages).
+    Subclasses choose the radial network and the layers after the convolution
+    (:meth:`_build_radial_and_mixing`), what the messages are divided by
+    (:meth:`normalise_messages`), how elements enter (:meth:`element_mixing`,
+    :meth:`self_connection`), or the whole of :meth:`messages`.
     """
 
     def __init__(
@@ -147,32 +217,70 @@ class InteractionBlock(torch.nn.Module):
             shared_weights=False,
             internal_weights=False,
         )
+        self._build_radial_and_mixing(irreps_mid.simplify())
+        self.reshape = reshape_irreps(self.irreps_out)
+
+    def _build_radial_and_mixing(self, irreps_mid: o3.Irreps) -> None:
+        """The MLP from radial features to tensor-product weights, and the linear mix
+        irreps_mid -> irreps_out of the summed messages."""
         self.conv_tp_weights = e3nn_nn.FullyConnectedNet(
             [self.edge_feats_irreps.num_irreps] + self.radial_MLP + [self.conv_tp.weight_numel],
             torch.nn.functional.silu,
         )
-        self.linear = o3.Linear(
-            irreps_mid.simplify(), self.irreps_out, internal_weights=True, shared_weights=True
-        )
-        self.reshape = reshape_irreps(self.irreps_out)
+        self.linear = o3.Linear(irreps_mid, self.irreps_out, internal_weights=True, shared_weights=True)
 
-    def aggregate_messages(
+    def convolve(
+        self, node_feats: torch.Tensor, edge_attrs: torch.Tensor, tp_weights: torch.Tensor, edge_index: torch.Tensor
+    ) -> torch.Tensor:
+        """Sender features coupled to their edges, summed on receivers: [n_nodes, irreps_mid.dim]."""
+        edge_messages = self.conv_tp(node_feats[edge_index[0]], edge_attrs, tp_weights)
+        return scatter_sum(edge_messages, edge_index[1], dim_size=node_feats.shape[0])
+
+    def normalise_messages(
+        self, messages: torch.Tensor, edge_feats: torch.Tensor, edge_index: torch.Tensor, cutoff: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """The mixed messages divided by the training data's average neighbour count."""
+        return messages / self.avg_num_neighbors
+
+    def forward(
         self,
+        node_attrs: torch.Tensor,
         node_feats: torch.Tensor,
         edge_attrs: torch.Tensor,
         edge_feats: torch.Tensor,
         edge_index: torch.Tensor,
-    ) -> torch.Tensor:
-        """Up-projected sender features, coupled to the edges, summed on receivers and mixed.
+        cutoff: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(messages [n_nodes, channels, sum_l (2l+1)] for the product basis, the
+        self-connection [n_nodes, hidden_irreps.dim] it adds back, or None)."""
+        self_connection = self.self_connection(node_feats, node_attrs)
+        messages = self.messages(node_attrs, node_feats, edge_attrs, edge_feats, edge_index, cutoff)
+        return self.reshape(messages), self_connection
 
-        Returns [n_nodes, irreps_out.dim], normalised by the average number of neighbours.
-        """
-        sender, receiver = edge_index[0], edge_index[1]
+    def self_connection(self, node_feats: torch.Tensor, node_attrs: torch.Tensor) -> Optional[torch.Tensor]:
+        """The residual of the input features the product block adds to its output (none here)."""
+        return None
+
+    def messages(
+        self,
+        node_attrs: torch.Tensor,
+        node_feats: torch.Tensor,
+        edge_attrs: torch.Tensor,
+        edge_feats: torch.Tensor,
+        edge_index: torch.Tensor,
+        cutoff: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """Up-projected sender features, coupled to the edges, summed on receivers, mixed,
+        normalised and, per block, made element-dependent: [n_nodes, irreps_out.dim]."""
         node_feats = self.linear_up(node_feats)
-        tp_weights = self.conv_tp_weights(edge_feats)
-        edge_messages = self.conv_tp(node_feats[sender], edge_attrs, tp_weights)
-        messages = scatter_sum(edge_messages, receiver, dim_size=node_feats.shape[0])
-        return self.linear(messages) / self.avg_num_neighbors
+        tp_weights = with_cutoff(self.conv_tp_weights(edge_feats), cutoff)
+        messages = self.convolve(node_feats, edge_attrs, tp_weights, edge_index)
+        messages = self.normalise_messages(self.linear(messages), edge_feats, edge_index, cutoff)
+        return self.element_mixing(messages, node_attrs)
+
+    def element_mixing(self, messages: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
+        """The last step of :meth:`messages` (nothing here)."""
+        return messages
 
 
 class RealAgnosticInteractionBlock(InteractionBlock):
@@ -182,17 +290,8 @@ class RealAgnosticInteractionBlock(InteractionBlock):
         super().__init__(**kwargs)
         self.skip_tp = o3.FullyConnectedTensorProduct(self.irreps_out, self.node_attrs_irreps, self.irreps_out)
 
-    def forward(
-        self,
-        node_attrs: torch.Tensor,
-        node_feats: torch.Tensor,
-        edge_attrs: torch.Tensor,
-        edge_feats: torch.Tensor,
-        edge_index: torch.Tensor,
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        messages = self.aggregate_messages(node_feats, edge_attrs, edge_feats, edge_index)
-        messages = self.skip_tp(messages, node_attrs)
-        return self.reshape(messages), None
+    def element_mixing(self, messages: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
+        return self.skip_tp(messages, node_attrs)
 
 
 class RealAgnosticResidualInteractionBlock(InteractionBlock):
@@ -204,17 +303,96 @@ class RealAgnosticResidualInteractionBlock(InteractionBlock):
             self.node_feats_irreps, self.node_attrs_irreps, o3.Irreps(self.hidden_irreps)
         )
 
-    def forward(
+    def self_connection(self, node_feats: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
+        return self.skip_tp(node_feats, node_attrs)
+
+
+class DensityNormalisation:
+    """Mixin of an interaction block: messages are divided by 1 + a learned neighbour density
+    (:func:`neighbour_density`, ``density_fn`` one linear map of the radial features) instead
+    of the average neighbour count, which a foundation model trained on very different
+    structures cannot fix once for all."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.density_fn = e3nn_nn.FullyConnectedNet([self.edge_feats_irreps.num_irreps, 1], torch.nn.functional.silu)
+
+    def normalise_messages(
+        self, messages: torch.Tensor, edge_feats: torch.Tensor, edge_index: torch.Tensor, cutoff: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        density = neighbour_density(self.density_fn(edge_feats), edge_index[1], cutoff, messages.shape[0])
+        return messages / (density + 1)
+
+
+class RealAgnosticDensityInteractionBlock(DensityNormalisation, RealAgnosticInteractionBlock):
+    """RealAgnosticInteractionBlock normalised by the learned neighbour density."""
+
+
+class RealAgnosticDensityResidualInteractionBlock(DensityNormalisation, RealAgnosticResidualInteractionBlock):
+    """RealAgnosticResidualInteractionBlock normalised by the learned neighbour density."""
+
+
+def gated_nonlinearity(irreps: o3.Irreps) -> e3nn_nn.Gate:
+    """SiLU on the scalar blocks of ``irreps``; every other channel times the sigmoid of a
+    gate scalar of its own. Input layout: scalars, gates, gated channels; output: ``irreps``."""
+    scalars = o3.Irreps([(mul, ir) for mul, ir in irreps if ir.l == 0])
+    gated = o3.Irreps([(mul, ir) for mul, ir in irreps if ir.l > 0])
+    gates = o3.Irreps([(mul, "0e") for mul, _ in gated])
+    return e3nn_nn.Gate(
+        scalars, [torch.nn.functional.silu] * len(scalars), gates, [torch.nn.functional.sigmoid] * len(gates), gated
+    )
+
+
+class RealAgnosticResidualNonLinearInteractionBlock(InteractionBlock):
+    """Residual interaction whose messages pass a gated non-linearity before the product.
+
+    The radial network (a :class:`RadialMLP`) also sees learned embeddings of the sender's
+    and the receiver's element; the convolved messages, mixed by ``linear_1``, are divided by
+    alpha + beta * (learned neighbour density), added to a linear residual of the
+    up-projected features, gated (:func:`gated_nonlinearity`) and mixed by ``linear_2``. The
+    self-connection ``skip_tp`` is an element-independent o3.Linear.
+    """
+
+    def _build_radial_and_mixing(self, irreps_mid: o3.Irreps) -> None:
+        scalars = o3.Irreps([(self.node_feats_irreps.count(o3.Irrep(0, 1)), (0, 1))])
+        self.source_embedding = o3.Linear(self.node_attrs_irreps, scalars)
+        self.target_embedding = o3.Linear(self.node_attrs_irreps, scalars)
+        for embedding in (self.source_embedding, self.target_embedding):
+            torch.nn.init.uniform_(embedding.weight, -1e-3, 1e-3)  # start close to element-blind
+        edge_inputs = self.edge_feats_irreps.num_irreps + 2 * scalars.dim
+        self.conv_tp_weights = RadialMLP([edge_inputs] + self.radial_MLP + [self.conv_tp.weight_numel])
+        self.density_fn = RadialMLP([edge_inputs, 64, 1])
+        self.alpha = torch.nn.Parameter(torch.tensor(20.0))
+        self.beta = torch.nn.Parameter(torch.tensor(0.0))
+        self.equivariant_nonlin = gated_nonlinearity(self.irreps_out)
+        self.irreps_nonlin = self.equivariant_nonlin.irreps_in.simplify()
+        self.linear_res = o3.Linear(self.node_feats_irreps, self.irreps_nonlin)
+        self.linear_1 = o3.Linear(irreps_mid, self.irreps_nonlin)
+        self.linear_2 = o3.Linear(self.irreps_out, self.irreps_out)
+        self.skip_tp = o3.Linear(self.node_feats_irreps, o3.Irreps(self.hidden_irreps))
+
+    def self_connection(self, node_feats: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
+        return self.skip_tp(node_feats)
+
+    def messages(
         self,
         node_attrs: torch.Tensor,
         node_feats: torch.Tensor,
         edge_attrs: torch.Tensor,
         edge_feats: torch.Tensor,
         edge_index: torch.Tensor,
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        self_connection = self.skip_tp(node_feats, node_attrs)
-        messages = self.aggregate_messages(node_feats, edge_attrs, edge_feats, edge_index)
-        return self.reshape(messages), self_connection
+        cutoff: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        sender, receiver = edge_index[0], edge_index[1]
+        node_feats = self.linear_up(node_feats)
+        edge_inputs = torch.cat(
+            [edge_feats, self.source_embedding(node_attrs)[sender], self.target_embedding(node_attrs)[receiver]], dim=-1
+        )
+        tp_weights = with_cutoff(self.conv_tp_weights(edge_inputs), cutoff)
+        density = neighbour_density(self.density_fn(edge_inputs), receiver, cutoff, node_feats.shape[0])
+        messages = self.linear_1(self.convolve(node_feats, edge_attrs, tp_weights, edge_index))
+        messages = messages / (density * self.beta + self.alpha) + self.linear_res(node_feats)
+        return self.linear_2(self.equivariant_nonlin(messages))
 
 
 class EquivariantProductBasisBlock(torch.nn.Module):
@@ -248,6 +426,12 @@ class EquivariantProductBasisBlock(torch.nn.Module):
 
 
 INTERACTION_CLASSES: Dict[str, type] = {
-    "RealAgnosticInteractionBlock": RealAgnosticInteractionBlock,
-    "RealAgnosticResidualInteractionBlock": RealAgnosticResidualInteractionBlock,
+    block.__name__: block
+    for block in (
+        RealAgnosticInteractionBlock,
+        RealAgnosticResidualInteractionBlock,
+        RealAgnosticDensityInteractionBlock,
+        RealAgnosticDensityResidualInteractionBlock,
+        RealAgnosticResidualNonLinearInteractionBlock,
+    )
 }

@@ -34,6 +34,12 @@ class ModelSettings:
     correlation: int = 3
     gate: str = "silu"
     radial_MLP: List[int] = field(default_factory=lambda: [64, 64, 64])
+    radial_type: str = "bessel"
+    distance_transform: str = "None"
+    pair_repulsion: bool = False
+    apply_cutoff: bool = True
+    use_last_readout_only: bool = False
+    use_embedding_readout: bool = False
 
 
 def build_model(
@@ -62,6 +68,12 @@ def build_model(
         correlation=settings.correlation,
         gate=GATES[settings.gate],
         radial_MLP=list(settings.radial_MLP),
+        radial_type=settings.radial_type,
+        distance_transform=settings.distance_transform,
+        pair_repulsion=settings.pair_repulsion,
+        apply_cutoff=settings.apply_cutoff,
+        use_last_readout_only=settings.use_last_readout_only,
+        use_embedding_readout=settings.use_embedding_readout,
     )
     return ScaleShiftMACE(
         atomic_inter_scale=scale,

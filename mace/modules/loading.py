@@ -18,6 +18,7 @@ from mace.modules.models import MACE
 from mace.modules.safe_pickle import ForbiddenGlobal, safe_torch_load
 from mace.core.errors import UserInputError, one_line
 from mace.core.files import atomic_torch_save
+from mace.modules.export import is_torchscript_file
 from mace.modules.predict import predict
 
 PathLike = Union[str, os.PathLike]
@@ -79,6 +80,11 @@ def load_model(
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"Model file '{path}' does not exist")
+    if is_torchscript_file(path):
+        raise UserInputError(
+            f"Model file '{path}' is a TorchScript file (such as NAME_compiled.model): torch.jit.load and "
+            "MACECalculator run it; this needs the model file it was compiled from (NAME.model)"
+        )
     model = _unpickle(path, device, trust_pickle)
     if not isinstance(model, MACE):
         raise UserInputError(f"Model file '{path}' holds a {type(model).__name__}, not a MACE model")

@@ -5,13 +5,18 @@ therefore only uses submodules and buffers present in every writer version, and 
 the newer multi-head layouts (``atomic_energies`` [heads, elements], ``scale`` [heads])
 the same as the older scalar ones.
 """
-from typing import Callable, Dict, List, Optional, Sequence, Type, Union
+import logging
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Type, Union
 
 import numpy as np
 import torch
 from e3nn import o3
+from e3nn.util.jit import compile_mode
 
+from mace.data.configuration import DEFAULT_HEAD
 from mace.modules.blocks import (
+    DISTANCE_TRANSFORMS,
+    RADIAL_BASES,
     AtomicEnergiesBlock,
     EquivariantProductBasisBlock,
     InteractionBlock,
@@ -21,6 +26,7 @@ from mace.modules.blocks import (
     RadialEmbeddingBlock,
     ScaleShiftBlock,
 )
+from mace.modules.radial import ZBLBasis
 from mace.modules.utils import (
     edge_vectors_and_lengths,
     forces_and_virials,
@@ -34,9 +40,9 @@ Batch = Dict[str, torch.Tensor]
 # Options upstream's MACE takes as keywords, and the values of each that this model
 # implements (the first is upstream's default; None, like "None", means no transform).
 IMPLEMENTED_OPTIONS: Dict[str, tuple] = {
-    "radial_type": ("bessel",),
-    "distance_transform": ("None", None),
-    "pair_repulsion": (False,),
+    "radial_type": tuple(RADIAL_BASES),
+    "distance_transform": ("None", None, *DISTANCE_TRANSFORMS),
+    "pair_repulsion": (False, True),
 }
 
 
@@ -45,16 +51,39 @@ def _check_implemented(**options: object) -> None:
         implemented = IMPLEMENTED_OPTIONS[name]
         if value not in implemented:
             raise ValueError(
-                f"MACE({name}={value!r}) is not supported: this fork implements only "
-                f"{name}={implemented[0]!r}"
+                f"MACE({name}={value!r}) is not supported: this fork implements "
+                f"{name} in {list(implemented)}"
             )
 
 
+def model_heads(model: torch.nn.Module) -> List[str]:
+    """Head names: upstream's newer files carry ``heads``; older files and ours have one head."""
+    heads = getattr(model, "heads", None)
+    return [str(h) for h in heads] if heads else [DEFAULT_HEAD]
+
+
+def sum_terms(terms: List[torch.Tensor]) -> torch.Tensor:
+    """The sum of equally shaped per-node terms."""
+    return torch.stack(terms, dim=0).sum(dim=0)
+
+
+class _Edges(NamedTuple):
+    """What every layer needs of the edges: lengths [n_edges, 1], spherical harmonics,
+    radial features, and the cutoff still to apply to radial-MLP outputs (or None)."""
+
+    lengths: torch.Tensor
+    attrs: torch.Tensor
+    feats: torch.Tensor
+    cutoff: Optional[torch.Tensor]
+
+
+@compile_mode("script")  # e3nn's jit.compile scripts it (mace.modules.export)
 class MACE(torch.nn.Module):
-    """Sum of per-layer readouts of equivariant many-body features, plus E0s.
+    """Sum of per-layer readouts of equivariant many-body features, plus E0s (and the ZBL
+    pair repulsion, ``pair_repulsion_fn``, when the model has it).
 
     The last layer keeps only scalar features (hidden_irreps' 0e block) and reads out
-    through a small MLP; earlier layers read out linearly.
+    through a small MLP; earlier layers read out linearly (unless only the last reads out).
     """
 
     def __init__(
@@ -76,12 +105,19 @@ class MACE(torch.nn.Module):
         gate: Optional[Callable],
         radial_MLP: Optional[List[int]] = None,
         radial_type: str = "bessel",
-        distance_transform: str = "None",
+        distance_transform: Optional[str] = "None",
         pair_repulsion: bool = False,
+        apply_cutoff: bool = True,
+        use_last_readout_only: bool = False,
+        use_embedding_readout: bool = False,
     ) -> None:
-        """Upstream's keyword names; of its newer options, ``radial_type``,
-        ``distance_transform`` and ``pair_repulsion`` are accepted with the one value this
-        model implements (the default), any other is a ValueError."""
+        """Upstream's keyword names and defaults. ``radial_type``: 'bessel', 'gaussian' or
+        'chebyshev'; ``distance_transform``: 'None', 'Agnesi' or 'Soft'; ``pair_repulsion``
+        adds ZBL repulsion (cut off at the pair's covalent radii) to the interaction energy;
+        ``apply_cutoff=False`` applies the envelope to the radial-MLP outputs instead of
+        the radial features; ``use_last_readout_only`` reads the energy out of the last
+        layer alone. ``use_embedding_readout`` is accepted and, as upstream without its
+        charge/spin embeddings (which this model does not have), changes nothing."""
         _check_implemented(radial_type=radial_type, distance_transform=distance_transform, pair_repulsion=pair_repulsion)
         super().__init__()
         hidden_irreps = o3.Irreps(hidden_irreps)
@@ -95,7 +131,13 @@ class MACE(torch.nn.Module):
         num_channels = hidden_irreps.count(o3.Irrep(0, 1))
         scalar_irreps = o3.Irreps([(num_channels, (0, 1))])
         self.node_embedding = LinearNodeEmbeddingBlock(node_attrs_irreps, scalar_irreps)
-        self.radial_embedding = RadialEmbeddingBlock(r_max, num_bessel, num_polynomial_cutoff)
+        self.radial_embedding = RadialEmbeddingBlock(
+            r_max, num_bessel, num_polynomial_cutoff, radial_type, str(distance_transform), apply_cutoff
+        )
+        if pair_repulsion:
+            self.pair_repulsion_fn = ZBLBasis(p=num_polynomial_cutoff)
+        if use_embedding_readout:
+            logging.warning("use_embedding_readout has no effect: this model has no charge/spin embeddings to read out")
         edge_feats_irreps = o3.Irreps(f"{self.radial_embedding.out_dim}x0e")
         sh_irreps = o3.Irreps.spherical_harmonics(max_ell)
         self.spherical_harmonics = o3.SphericalHarmonics(sh_irreps, normalize=True, normalization="component")
@@ -132,7 +174,7 @@ class MACE(torch.nn.Module):
             )
             if is_last:
                 self.readouts.append(NonLinearReadoutBlock(layer_irreps, o3.Irreps(MLP_irreps), gate))
-            else:
+            elif not use_last_readout_only:
                 self.readouts.append(LinearReadoutBlock(layer_irreps))
             node_feats_irreps = layer_irreps
 
@@ -151,7 +193,7 @@ class MACE(torch.nn.Module):
         node_heads = data["head"][batch] if "head" in data else torch.zeros_like(batch)
         positions = data["positions"]
         shifts = data["shifts"]
-        strain = None
+        strain: Optional[torch.Tensor] = None
         if compute_virials or compute_stress:
             positions, shifts, strain = symmetric_strain(
                 positions, data["unit_shifts"], data["cell"], data["edge_index"], batch, num_graphs
@@ -160,7 +202,7 @@ class MACE(torch.nn.Module):
             positions.requires_grad_(True)
 
         node_e0 = self.atomic_energies_fn(node_attrs).gather(1, node_heads.unsqueeze(1)).squeeze(1)
-        node_interaction_energies = self._layer_node_energies(data, node_attrs, positions, shifts)
+        node_interaction_energies = self._node_energy_terms(data, node_attrs, positions, shifts)
         node_inter = self._combine_layer_energies(node_interaction_energies, node_heads)
         node_energy = node_e0 + node_inter
         contributions = torch.stack(
@@ -171,7 +213,9 @@ class MACE(torch.nn.Module):
         interaction_energy = scatter_sum(node_inter, batch, num_graphs)
         energy = scatter_sum(node_e0, batch, num_graphs) + interaction_energy
 
-        forces = virials = stress = None
+        forces: Optional[torch.Tensor] = None
+        virials: Optional[torch.Tensor] = None
+        stress: Optional[torch.Tensor] = None
         if compute_force or strain is not None:
             forces, virials, stress = forces_and_virials(energy, positions, strain, data["cell"], training)
         return {
@@ -191,51 +235,68 @@ class MACE(torch.nn.Module):
         positions are used as given (no forces). Used for descriptors; ``forward`` does not
         call it.
         """
-        return self._layer_node_features(data, data["node_attrs"], data["positions"], data["shifts"])
+        edges = self._embed_edges(data, data["node_attrs"], data["positions"], data["shifts"])
+        return self._layer_node_features(data, data["node_attrs"], edges)
 
     def layer_irreps(self) -> List[o3.Irreps]:
         """The irreps of each layer's node features: hidden_irreps, and its 0e block for the last."""
         return [o3.Irreps(str(product.linear.irreps_out)) for product in self.products]
 
-    def _layer_node_features(
+    def _embed_edges(
         self, data: Batch, node_attrs: torch.Tensor, positions: torch.Tensor, shifts: torch.Tensor
-    ) -> List[torch.Tensor]:
+    ) -> _Edges:
+        """Edge vectors from the positions, computed once for every layer and the repulsion."""
+        vectors, lengths = edge_vectors_and_lengths(positions, data["edge_index"], shifts)
+        feats, cutoff = self.radial_embedding(lengths, node_attrs, data["edge_index"], self.atomic_numbers)
+        return _Edges(lengths, self.spherical_harmonics(vectors), feats, cutoff)
+
+    def _layer_node_features(self, data: Batch, node_attrs: torch.Tensor, edges: _Edges) -> List[torch.Tensor]:
         """Run the message-passing layers; each layer's node features, in order."""
-        edge_index = data["edge_index"]
-        vectors, lengths = edge_vectors_and_lengths(positions, edge_index, shifts)
-        edge_attrs = self.spherical_harmonics(vectors)
-        edge_feats = self.radial_embedding(lengths)
         node_feats = self.node_embedding(node_attrs)
         layers = []
         for interaction, product in zip(self.interactions, self.products):
             node_feats, self_connection = interaction(
                 node_attrs=node_attrs,
                 node_feats=node_feats,
-                edge_attrs=edge_attrs,
-                edge_feats=edge_feats,
-                edge_index=edge_index,
+                edge_attrs=edges.attrs,
+                edge_feats=edges.feats,
+                edge_index=data["edge_index"],
+                cutoff=edges.cutoff,
             )
             node_feats = product(node_feats=node_feats, self_connection=self_connection, node_attrs=node_attrs)
             layers.append(node_feats)
         return layers
 
-    def _layer_node_energies(
+    def _node_energy_terms(
         self, data: Batch, node_attrs: torch.Tensor, positions: torch.Tensor, shifts: torch.Tensor
     ) -> List[torch.Tensor]:
-        """Run the message-passing layers; one [n_nodes] readout energy per layer."""
-        layers = self._layer_node_features(data, node_attrs, positions, shifts)
-        return [readout(node_feats).squeeze(-1) for readout, node_feats in zip(self.readouts, layers)]
+        """The [n_nodes] interaction energy terms, before scaling: the ZBL repulsion (if the
+        model has it), then one readout per layer (one of the last layer, when the model
+        reads out only there, as a single readout means)."""
+        edges = self._embed_edges(data, node_attrs, positions, shifts)
+        layers = self._layer_node_features(data, node_attrs, edges)
+        if len(self.readouts) == 1:
+            layers = layers[-1:]
+        terms: List[torch.Tensor] = []
+        for index, readout in enumerate(self.readouts):
+            terms.append(readout(layers[index]).squeeze(-1))
+        if hasattr(self, "pair_repulsion_fn"):  # TorchScript resolves hasattr when compiling
+            return [self.pair_repulsion_fn(edges.lengths, node_attrs, data["edge_index"], self.atomic_numbers)] + terms
+        return terms
 
     def _combine_layer_energies(self, layer_energies: List[torch.Tensor], node_heads: torch.Tensor) -> torch.Tensor:
-        return torch.stack(layer_energies, dim=0).sum(dim=0)
+        return sum_terms(layer_energies)
 
 
 class ScaleShiftMACE(MACE):
-    """MACE whose interaction energies are predicted in scaled units: E_i = E0 + scale * e_i + shift."""
+    """MACE whose interaction energies are predicted in scaled units: E_i = E0 + scale * e_i + shift.
+
+    As upstream, e_i includes the ZBL repulsion, which is therefore scaled too.
+    """
 
     def __init__(self, atomic_inter_scale: float, atomic_inter_shift: float, **kwargs) -> None:
         super().__init__(**kwargs)
         self.scale_shift = ScaleShiftBlock(scale=atomic_inter_scale, shift=atomic_inter_shift)
 
     def _combine_layer_energies(self, layer_energies: List[torch.Tensor], node_heads: torch.Tensor) -> torch.Tensor:
-        return self.scale_shift(super()._combine_layer_energies(layer_energies, node_heads), node_heads)
+        return self.scale_shift(sum_terms(layer_energies), node_heads)

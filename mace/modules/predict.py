@@ -5,7 +5,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from mace.data import Configuration, batch_to_device, collate_graphs, graph_from_configuration
+from mace.data import Configuration, batch_to_device, collate_graphs
+from mace.data.graph import graphs_of
 from mace.core.atomic_numbers import AtomicNumberTable
 from mace.core.errors import UserInputError
 
@@ -29,11 +30,10 @@ def model_cutoff(model: torch.nn.Module) -> float:
     return float(model.r_max)
 
 
-def model_graphs(model: torch.nn.Module, configs: Sequence[Configuration]) -> List[Dict[str, torch.Tensor]]:
-    """Graphs with the model's element table and cutoff (raises for unknown elements)."""
-    table = model_element_table(model)
-    cutoff = model_cutoff(model)
-    return [graph_from_configuration(config, table, cutoff) for config in configs]
+def model_graphs(model: torch.nn.Module, configs: Sequence[Configuration]) -> Sequence[Dict[str, torch.Tensor]]:
+    """Graphs with the model's element table and cutoff (raises for unknown elements); of
+    configurations read on access (HDF5), a dataset that builds each graph on access."""
+    return graphs_of(configs, model_element_table(model), model_cutoff(model))
 
 
 def predict(

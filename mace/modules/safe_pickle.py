@@ -11,10 +11,11 @@ objects of admitted classes.
 
 Two kinds of state in these files are code, and neither is run:
 
-- e3nn's compiled kernels. ``o3.Linear`` and ``o3.TensorProduct`` (e3nn's ``CodeGenMixin``)
-  pickle the kernels their constructor generated as TorchScript archives (bytes under
-  ``__codegen__``) that e3nn's ``__setstate__`` hands to ``torch.jit.load``, which compiles
-  the archive's code (run at every forward, and TorchScript can call any registered op).
+- e3nn's compiled kernels. ``o3.Linear``, ``o3.TensorProduct`` and ``nn.Extract`` (inside a
+  gated non-linearity; all e3nn's ``CodeGenMixin``) pickle the kernels their constructor
+  generated as TorchScript archives (bytes under ``__codegen__``) that e3nn's
+  ``__setstate__`` hands to ``torch.jit.load``, which compiles the archive's code (run at
+  every forward, and TorchScript can call any registered op).
   Here the bytes never reach e3nn: the kernels are generated again from the module's own
   irreps and instructions by e3nn's code generator, as its constructor does, and only the
   kernels' tensor constants are read from the archive, as data
@@ -28,6 +29,7 @@ Two kinds of state in these files are code, and neither is run:
 Files that ``torch.load`` would hand to other readers (legacy pre-zip pickles, TorchScript
 archives) are refused.
 """
+import contextlib
 import functools
 import importlib
 import inspect
@@ -37,10 +39,12 @@ import pkgutil
 import sys
 import zipfile
 from collections import OrderedDict
-from typing import Any, Dict, FrozenSet, Tuple, Union
+from typing import Any, Dict, FrozenSet, Iterator, Tuple, Union
 
+import e3nn
 import torch
 from e3nn import o3
+from e3nn.nn import Extract
 from e3nn.o3._linear import _codegen_linear
 from e3nn.o3._tensor_product._codegen import codegen_tensor_product_left_right
 from e3nn.util.codegen import CodeGenMixin
@@ -51,16 +55,20 @@ _ADMITTED: Dict[str, Tuple[str, ...]] = {
     "e3nn.o3._irreps": ("Irrep", "Irreps", "_MulIr"),
     "e3nn.o3._linear": ("Linear", "Instruction"),
     "e3nn.o3._tensor_product._tensor_product": ("TensorProduct",),
-    "e3nn.o3._tensor_product._sub": ("FullyConnectedTensorProduct",),
+    "e3nn.o3._tensor_product._sub": ("FullyConnectedTensorProduct", "ElementwiseTensorProduct"),
     "e3nn.o3._tensor_product._instruction": ("Instruction",),
     "e3nn.o3._spherical_harmonics": ("SphericalHarmonics",),
     "e3nn.nn._fc": ("FullyConnectedNet", "_Layer"),
     "e3nn.nn._activation": ("Activation",),
+    "e3nn.nn._gate": ("Gate", "_Sortcut"),
+    "e3nn.nn._extract": ("Extract",),
     "e3nn.math._normalize_activation": ("normalize2mom",),
     "torch._utils": ("_rebuild_tensor_v2", "_rebuild_parameter"),
-    "torch.nn.modules.container": ("ModuleList", "ParameterList"),
+    "torch.nn.modules.container": ("ModuleList", "ParameterList", "Sequential"),
     "torch.nn.modules.linear": ("Linear",),
-    "torch.nn.functional": ("silu", "tanh"),
+    "torch.nn.modules.normalization": ("LayerNorm",),
+    "torch.nn.modules.activation": ("SiLU",),
+    "torch.nn.functional": ("silu", "tanh", "sigmoid"),
     "collections": ("OrderedDict",),
     "builtins": ("set", "frozenset", "slice"),
     "_codecs": ("encode",),  # how pickle protocol 2 writes bytes
@@ -155,9 +163,26 @@ def _uncompiled_right_kernel() -> fx.GraphModule:
     return fx.GraphModule(torch.nn.Module(), graph, class_name="tp_right")
 
 
+@contextlib.contextmanager
+def _uncompiled_kernels() -> Iterator[None]:
+    """e3nn modules built inside keep their generated kernels as torch.fx graphs (what
+    ``_codegen_register`` takes), instead of compiling them to TorchScript."""
+    previous = e3nn.get_optimization_defaults()["jit_script_fx"]
+    e3nn.set_optimization_defaults(jit_script_fx=False)
+    try:
+        yield
+    finally:
+        e3nn.set_optimization_defaults(jit_script_fx=previous)
+
+
 def _generated_kernels(module: CodeGenMixin) -> Dict[str, fx.GraphModule]:
-    """The kernels of an o3.TensorProduct or o3.Linear, generated from its own settings by the
-    calls its constructor makes (MACE builds every o3.Linear without f_in / f_out)."""
+    """The kernels of an o3.TensorProduct, o3.Linear or e3nn.nn.Extract (inside a Gate),
+    generated from its own settings by the calls its constructor makes (MACE builds every
+    o3.Linear without f_in / f_out)."""
+    if isinstance(module, Extract):
+        with _uncompiled_kernels():
+            twin = Extract(module.irreps_in, module.irreps_outs, module.instructions)
+        return {name: getattr(twin, name) for name in twin.__codegen__}
     if isinstance(module, o3.TensorProduct):
         left_right = codegen_tensor_product_left_right(
             module.irreps_in1, module.irreps_in2, module.irreps_out, module.instructions,

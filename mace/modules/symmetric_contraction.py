@@ -7,6 +7,8 @@ where z is the node's element, x[c, :] all irrep components of channel c and U^(
 of equivariant symmetric couplings (``mace.modules.coupling``). It is evaluated Horner
 style from the highest order down, so each order costs one contraction with x.
 """
+from typing import List
+
 import torch
 from e3nn import o3
 
@@ -69,7 +71,8 @@ class Contraction(torch.nn.Module):
         )
 
     def coupling_matrix(self, nu: int) -> torch.Tensor:
-        return getattr(self, f"U_matrix_{nu}")
+        """The coupling basis of order ``nu``, the buffer ``U_matrix_{nu}``."""
+        return dict(self.named_buffers())[f"U_matrix_{nu}"]
 
     def forward(self, node_feats: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
         """node_feats: [n, channels, sum dims], node_attrs: [n, n_elements] -> [n, channels * (2L+1)]
@@ -78,37 +81,45 @@ class Contraction(torch.nn.Module):
         element present, on that element's nodes, with its weights already contracted into
         the coupling basis (no per-node copies of weights or coefficients).
         """
-        num_nodes, num_channels, _ = node_feats.shape
-        result = node_feats.new_zeros(num_nodes, num_channels * self._output_dim())
-        for element in torch.nonzero(node_attrs.abs().sum(0)).flatten().tolist():
+        num_nodes, num_channels = node_feats.shape[0], node_feats.shape[1]
+        bases = [self.coupling_matrix(nu) for nu in range(1, self.correlation + 1)]
+        result = node_feats.new_zeros(num_nodes, num_channels * self._output_dim(bases[0]))
+        elements: List[int] = torch.nonzero(node_attrs.abs().sum(0)).flatten().tolist()
+        for element in elements:
             nodes = torch.nonzero(node_attrs[:, element]).flatten()
-            polynomial = self._element_polynomial(node_feats[nodes], element)
+            lower_weights: List[torch.Tensor] = []  # orders correlation-1 down to 1
+            for weights in self.weights:
+                lower_weights.append(weights[element])
+            polynomial = self._element_polynomial(node_feats[nodes], bases, self.weights_max[element], lower_weights)
             result = result.index_add(0, nodes, polynomial * node_attrs[nodes, element].unsqueeze(-1))
         return result
 
-    def _output_dim(self) -> int:
-        basis = self.coupling_matrix(1)
+    @staticmethod
+    def _output_dim(basis: torch.Tensor) -> int:
         return basis.shape[0] if basis.dim() == 3 else 1
 
-    def _element_polynomial(self, node_feats: torch.Tensor, element: int) -> torch.Tensor:
-        """Horner evaluation for nodes of one element: [n, channels, dim] -> [n, channels * (2L+1)]"""
-        num_nodes, num_channels, dim = node_feats.shape
+    @staticmethod
+    def _element_polynomial(
+        node_feats: torch.Tensor, bases: List[torch.Tensor], highest_weights: torch.Tensor, lower_weights: List[torch.Tensor]
+    ) -> torch.Tensor:
+        """Horner evaluation for nodes of one element: [n, channels, dim] -> [n, channels * (2L+1)];
+        ``bases`` of orders 1..correlation, the element's weights of the highest order and
+        of each lower order, highest first."""
+        num_nodes, num_channels, dim = node_feats.shape[0], node_feats.shape[1], node_feats.shape[2]
         features = node_feats.transpose(0, 1)
-        basis = self.coupling_matrix(self.correlation)
-        coupled = torch.einsum("pik,kc->cip", basis.reshape(-1, dim, basis.shape[-1]), self.weights_max[element])
-        highest = self.correlation
-        if highest == 1:
+        basis = bases[-1]
+        coupled = torch.einsum("pik,kc->cip", basis.reshape(-1, dim, basis.shape[-1]), highest_weights)
+        if len(lower_weights) == 0:
             result = torch.bmm(features, coupled)
         else:
-            result = torch.baddbmm(self._coefficients(highest - 1, element), features, coupled)
-        for nu in range(highest - 1, 0, -1):
-            if nu < highest - 1:
-                result = result + self._coefficients(nu, element)
+            result = torch.baddbmm(Contraction._coefficients(bases[-2], lower_weights[0]), features, coupled)
+        for index, weights in enumerate(lower_weights):
+            if index > 0:
+                result = result + Contraction._coefficients(bases[-2 - index], weights)
             result = (result.reshape(num_channels, num_nodes, -1, dim) @ features.unsqueeze(-1)).squeeze(-1)
         return result.transpose(0, 1).reshape(num_nodes, -1)
 
-    def _coefficients(self, nu: int, element: int) -> torch.Tensor:
+    @staticmethod
+    def _coefficients(basis: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Order-nu term U_nu w_nu[element], shaped [channels, 1, rest] to broadcast over nodes."""
-        basis = self.coupling_matrix(nu)
-        weights = self.weights[self.correlation - 1 - nu][element]
         return (basis.reshape(-1, basis.shape[-1]) @ weights).T.unsqueeze(1)

@@ -10,10 +10,11 @@ layer: the helpers below only wrap torch.distributed calls so that the single-pr
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Subset
 
 from mace.core.errors import UserInputError
 
@@ -124,9 +125,10 @@ def gather_objects(value: Any) -> List[Any]:
     return gathered
 
 
-def shard(items: List[Any]) -> List[Any]:
+def shard(items: Sequence[Any]) -> Sequence[Any]:
     """This process's share of ``items`` (every world_size-th from its rank): disjoint
-    shares whose union is ``items``, so evaluations gathered over ranks equal one process's."""
+    shares whose union is ``items``, so evaluations gathered over ranks equal one process's.
+    A view, not a copy: graphs built on access (HDF5 data) stay unbuilt until a batch asks."""
     if not is_distributed():
-        return list(items)
-    return list(items)[dist.get_rank() :: dist.get_world_size()]
+        return items
+    return Subset(items, range(dist.get_rank(), len(items), dist.get_world_size()))

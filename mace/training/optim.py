@@ -7,13 +7,15 @@ The radial embedding belongs to no group, so its Bessel frequencies never move, 
 they count as trainable and enter the gradient clipping norm, as in the reference codes.
 Only trainable parameters enter, so frozen foundation weights get no optimiser state.
 """
+import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
 from mace.adapters import adapter_parameter_ids
+from mace.core.errors import UserInputError
 from mace.modules.models import MACE
 
 DECAYED_INTERACTION_NAMES = ("linear.weight", "skip_tp_full.weight")
@@ -34,9 +36,25 @@ def _interaction_groups(model: MACE) -> Dict[str, List[torch.nn.Parameter]]:
     }
 
 
-def parameter_groups(model: MACE, weight_decay: float, adapter_lr_factor: float = 1.0) -> List[Dict[str, Any]]:
-    """Upstream's groups; with ``adapter_lr_factor`` != 1 the adapters' own parameters (MMEA
-    gates, low-rank factors) form parallel ``*_adapters`` groups whose rate is scaled by it."""
+# Upstream's --lr_params_factors keys: the rate of each block is --lr times its factor.
+BLOCK_LR_FACTOR_KEYS = {
+    "embedding": "embedding_lr_factor",
+    "interactions_decay": "interactions_lr_factor",
+    "interactions_no_decay": "interactions_lr_factor",
+    "products": "products_lr_factor",
+    "readouts": "readouts_lr_factor",
+}
+
+
+def parameter_groups(
+    model: MACE, weight_decay: float, adapter_lr_factor: float = 1.0, block_lr_factors: Optional[Mapping[str, float]] = None
+) -> List[Dict[str, Any]]:
+    """Upstream's groups, each at its block's rate factor (``block_lr_factors``, upstream's
+    --lr_params_factors keys, 1 when absent); with ``adapter_lr_factor`` != 1 the adapters'
+    own parameters (MMEA gates, low-rank factors) form parallel ``*_adapters`` groups whose
+    rate is also scaled by it. In the SWA stage every group trains at --swa_lr (upstream's
+    SWALR sets one rate for all), times the adapter factor (``swa_lr_factor``)."""
+    block_lr_factors = block_lr_factors or {}
     interactions = _interaction_groups(model)
     grouped = {
         "embedding": (trainable_parameters(model.node_embedding.parameters()), 0.0),
@@ -51,8 +69,12 @@ def parameter_groups(model: MACE, weight_decay: float, adapter_lr_factor: float 
     for name, (params, decay) in grouped.items():
         own = [p for p in params if id(p) not in adapter_ids]
         adapters = [p for p in params if id(p) in adapter_ids]
-        groups.append({"name": name, "params": own, "weight_decay": decay, "lr_factor": 1.0})
-        groups.append({"name": f"{name}_adapters", "params": adapters, "weight_decay": decay, "lr_factor": adapter_lr_factor})
+        block_factor = float(block_lr_factors.get(BLOCK_LR_FACTOR_KEYS[name], 1.0))
+        groups.append({"name": name, "params": own, "weight_decay": decay, "lr_factor": block_factor, "swa_lr_factor": 1.0})
+        groups.append({
+            "name": f"{name}_adapters", "params": adapters, "weight_decay": decay,
+            "lr_factor": block_factor * adapter_lr_factor, "swa_lr_factor": adapter_lr_factor,
+        })
     return [group for group in groups if group["params"]]
 
 
@@ -74,6 +96,7 @@ class OptimizerSettings:
     weight_decay: float = 5e-7
     amsgrad: bool = True
     adapter_lr_factor: float = 1.0
+    lr_params_factors: Mapping[str, float] = dataclasses.field(default_factory=dict)
     scheduler: str = "ReduceLROnPlateau"
     lr_factor: float = 0.8
     scheduler_patience: int = 50
@@ -81,7 +104,9 @@ class OptimizerSettings:
 
 
 def build_optimizer(model: MACE, settings: OptimizerSettings) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, settings.weight_decay, settings.adapter_lr_factor)
+    groups = parameter_groups(model, settings.weight_decay, settings.adapter_lr_factor, settings.lr_params_factors)
+    if not groups:
+        raise UserInputError("No parameter is left to optimise (every block is frozen): lower --freeze")
     for group in groups:
         group["lr"] = settings.lr * group["lr_factor"]
     if settings.optimizer == "adamw":

@@ -121,6 +121,15 @@ class ProgressDisplay:
             print(file=sys.stderr)
 
 
+@dataclass
+class EpochStats:
+    """Mean batch loss of an epoch, and how long its steps waited for their batches (data
+    loading the workers did not hide)."""
+
+    loss: float
+    data_wait_s: float
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     loader: Iterable,
@@ -131,12 +140,15 @@ def train_one_epoch(
     device: torch.device,
     request: OutputRequest,
     label: str,
-) -> float:
-    """One pass over the training data; returns the mean batch loss."""
+) -> EpochStats:
+    """One pass over the training data."""
     model.train()
     display = ProgressDisplay(len(loader), label)
     total = 0.0
+    waited = 0.0
+    ready = time.perf_counter()
     for index, batch in enumerate(loader):
+        waited += time.perf_counter() - ready
         batch = batch_to_device(batch, device)
         model.zero_grad(set_to_none=True)
         output = model(batch, training=True, **request.model_kwargs())
@@ -151,8 +163,9 @@ def train_one_epoch(
             ema.update()
         total += loss.item()
         display.update(index + 1)
+        ready = time.perf_counter()
     display.close()
-    return total / max(len(loader), 1)
+    return EpochStats(loss=total / max(len(loader), 1), data_wait_s=waited)
 
 
 def _parameters_with_grad(model: torch.nn.Module) -> list:
@@ -279,9 +292,11 @@ class Trainer:
         while epoch < self.settings.max_num_epochs:
             self._step_schedulers_before_epoch(epoch)
             started = time.perf_counter()
-            train_loss = self._train_epoch(epoch, request)
+            stats = self._train_epoch(epoch, request)
             epoch_times.append(time.perf_counter() - started)
-            self._write_result({"mode": "opt", "epoch": epoch, "loss": train_loss, "time": epoch_times[-1]})
+            self._write_result(
+                {"mode": "opt", "epoch": epoch, "loss": stats.loss, "time": epoch_times[-1], "data_wait": stats.data_wait_s}
+            )
             if epoch % self.settings.eval_interval == 0:
                 stop = self._evaluate_and_checkpoint(epoch, request, epoch_times)
                 if stop:
@@ -295,7 +310,7 @@ class Trainer:
                     break
             epoch += 1
 
-    def _train_epoch(self, epoch: int, request: OutputRequest) -> float:
+    def _train_epoch(self, epoch: int, request: OutputRequest) -> EpochStats:
         try:
             set_loader_epoch(self.train_loader, epoch)
             return train_one_epoch(
@@ -325,7 +340,7 @@ class Trainer:
             if epoch == self.swa.start_epoch:
                 logging.info("Epoch %d: starting the SWA stage (changing loss weights, lr -> %g)", epoch, self.swa.lr)
             for group in self.optimizer.param_groups:
-                group["lr"] = self.swa.lr_at(epoch) * group.get("lr_factor", 1.0)
+                group["lr"] = self.swa.lr_at(epoch) * group.get("swa_lr_factor", 1.0)
         elif epoch > 0:
             if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.lr_scheduler.step(self.progress.last_valid_loss)

@@ -14,16 +14,18 @@ import torch
 
 from mace.data import collate_graphs, config_from_atoms, read_frames
 from mace.modules.loading import load_model
+from mace.modules.blocks import RealAgnosticResidualNonLinearInteractionBlock
 from mace.modules.models import MACE
 from mace.adapters.foundation import restrict_to_elements
 from mace.modules.predict import model_graphs
+from tests.modules.helpers import tiny_model
 from tests.shared import shared_folder_or_skip
 
 HCO = (1, 6, 8)  # elements of acetylacetone and aspirin
 
 
-def model_path(name: str) -> Path:
-    return shared_folder_or_skip() / "conformance" / "models" / f"{name}.model"
+def model_path(name: str, folder: str = "conformance") -> Path:
+    return shared_folder_or_skip() / folder / "models" / f"{name}.model"
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +54,29 @@ def small_hco_template(small_foundation: MACE) -> MACE:
 def small_hco(small_hco_template: MACE) -> MACE:
     """A fresh H, C, O copy of the small foundation, free to adapt and train."""
     return copy.deepcopy(small_hco_template)
+
+
+@pytest.fixture(scope="session")
+def densityzbl_hco_template() -> MACE:
+    """Upstream 0.3.16's density blocks with ZBL and Agnesi (H, C, N, O), restricted to H, C, O."""
+    foundation = load_model(model_path("densityzbl_v0316", "conformance-foundations"), dtype=torch.float64)
+    return restrict_to_elements(foundation, HCO)
+
+
+@pytest.fixture(scope="session")
+def nonlinear_hcno() -> MACE:
+    """A random tiny model of RealAgnosticResidualNonLinearInteractionBlocks on H, C, N, O."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        return tiny_model(
+            interaction_cls_first=RealAgnosticResidualNonLinearInteractionBlock,
+            interaction_cls=RealAgnosticResidualNonLinearInteractionBlock,
+            atomic_numbers=(1, 6, 7, 8), num_elements=4, atomic_energies=np.array([-1.5, -10.0, -15.0, -20.0]),
+        )
+    finally:
+        torch.set_default_dtype(dtype)
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,13 @@
 """Adapted models: start as the foundation, stay exactly equivariant, train only adapters, merge."""
+import copy
+
 import numpy as np
 import pytest
 import torch
 from e3nn import nn as e3nn_nn
 from e3nn import o3
 
-from mace.adapters import ELoRAConfig, LoRAConfig, MMEAConfig, inject_adapters, merge_elora
+from mace.adapters import ELoRAConfig, LoRAConfig, MMEAConfig, count_trainable, inject_adapters, merge_elora
 from mace.adapters.elora import LowRankUpdate
 from mace.adapters.lora import DenseLoRA, IrrepsLoRA
 from mace.adapters.mmea import MMEALinear
@@ -61,6 +63,23 @@ def test_adapted_model_is_equivariant(small_hco, acac_frames, method, settings):
         rotated_energy, rotated_forces = energies_forces(model, make_batch(model, acac_frames, rotation))
         expected_forces = forces @ torch.from_numpy(rotation).T
         assert max_difference([energy, expected_forces], [rotated_energy, rotated_forces]) < 1e-10
+
+
+@pytest.mark.parametrize("method, settings", [ADAPTERS[1], ADAPTERS[2], ADAPTERS[3], ("none", None)])
+@pytest.mark.parametrize("foundation", ["densityzbl_hco_template", "nonlinear_hcno"])
+def test_adapters_inject_into_the_newest_blocks_and_stay_equivariant(
+    request, acac_frames, foundation, method, settings
+):
+    """Density blocks with ZBL and Agnesi (upstream's file) and the non-linear block: every
+    method injects, trains something, and stays equivariant with random adapter weights."""
+    model = inject_adapters(copy.deepcopy(request.getfixturevalue(foundation)), method, settings)
+    assert count_trainable(model) > 0
+    perturb_trainable(model)
+    energy, forces = energies_forces(model, make_batch(model, acac_frames))
+    for seed, reflect in [(3, False), (4, True)]:
+        rotation = _orthogonal(seed, reflect)
+        rotated = energies_forces(model, make_batch(model, acac_frames, rotation))
+        assert max_difference([energy, forces @ torch.from_numpy(rotation).T], rotated) < 1e-10
 
 
 @pytest.mark.parametrize("method, settings", ADAPTERS)

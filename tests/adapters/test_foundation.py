@@ -5,7 +5,7 @@ from e3nn import o3
 
 from mace.modules.loading import load_model
 from mace.core.errors import UserInputError
-from mace.adapters.foundation import restrict_to_elements, set_e0s
+from mace.adapters.foundation import ELEMENT_EMBEDDINGS, restrict_to_elements, set_e0s
 
 from .conftest import HCO, energies_forces, make_batch, max_difference, model_path
 
@@ -28,6 +28,24 @@ def test_restricted_ten_element_model_predicts_as_foundation(acac_frames):
     assert max_difference(full, energies_forces(restricted, make_batch(restricted, acac_frames))) < 1e-10
     assert restricted.atomic_energies_fn.atomic_energies.shape == (3,)
     assert foundation.atomic_numbers.numel() == 10  # the input model is left untouched
+
+
+@pytest.mark.parametrize("foundation_name", ["densityzbl_v0316", "nonlinear_hcno"])
+def test_restricted_newest_blocks_predict_as_foundation(request, acac_frames, foundation_name):
+    """Density blocks with ZBL and Agnesi (upstream file), and the non-linear block, whose
+    element embeddings of the radial network are restricted too: H, C, N, O -> H, C, O."""
+    foundation = (
+        load_model(model_path(foundation_name, "conformance-foundations"), dtype=torch.float64)
+        if foundation_name.endswith("v0316") else request.getfixturevalue(foundation_name)
+    )
+    restricted = restrict_to_elements(foundation, HCO)
+    full = energies_forces(foundation, make_batch(foundation, acac_frames))
+    assert max_difference(full, energies_forces(restricted, make_batch(restricted, acac_frames))) < 1e-10
+    embeddings = [
+        getattr(block, name) for block in restricted.interactions for name in ELEMENT_EMBEDDINGS if hasattr(block, name)
+    ]
+    assert all(embedding.irreps_in == o3.Irreps("3x0e") for embedding in embeddings)
+    assert len(embeddings) == (0 if foundation_name.endswith("v0316") else 4)
 
 
 def test_missing_elements_are_named(small_hco_template):

@@ -302,8 +302,8 @@ def test_heads(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "option, message",
     [
-        ({"compile_mode": "default"}, "compile_mode='default'.*not supported yet"),
-        ({"compile_mode": "reduce-overhead"}, "torch.compile or TorchScript"),
+        ({"compile_mode": "default"}, "compile_mode='default': torch.compile is not supported.*'script'"),
+        ({"compile_mode": "reduce-overhead"}, "torch.compile is not supported"),
         ({"model_type": "DipoleMACE"}, "model_type='DipoleMACE'"),
         ({"enable_cueq": True}, "cuEquivariance"),
     ],

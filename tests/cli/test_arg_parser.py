@@ -20,6 +20,7 @@ from mace.cli.arg_parser import (
     parse_atomic_numbers,
     parse_config_type_weights,
     parse_e0s,
+    parse_lr_params_factors,
     parse_radial_mlp,
     str2bool,
 )
@@ -62,6 +63,8 @@ UPSTREAM_DEFAULTS = {
                          "forces_weight"],
 }
 
+NEWER_BLOCKS = ["RealAgnosticDensityInteractionBlock", "RealAgnosticDensityResidualInteractionBlock",
+                "RealAgnosticResidualNonLinearInteractionBlock"]
 UPSTREAM_CHOICES = {
     "device": ["cpu", "cuda", "mps"],
     "default_dtype": ["float32", "float64"],
@@ -71,9 +74,12 @@ UPSTREAM_CHOICES = {
               "EnergyDipolesMACE"],
     "radial_type": ["bessel", "gaussian", "chebyshev"],
     "distance_transform": ["None", "Agnesi", "Soft"],
+    # the interaction blocks as upstream 0.3.16 lists them
     "interaction": ["RealAgnosticResidualInteractionBlock",
-                    "RealAgnosticAttResidualInteractionBlock", "RealAgnosticInteractionBlock"],
-    "interaction_first": ["RealAgnosticResidualInteractionBlock", "RealAgnosticInteractionBlock"],
+                    "RealAgnosticAttResidualInteractionBlock", "RealAgnosticInteractionBlock",
+                    *NEWER_BLOCKS],
+    "interaction_first": ["RealAgnosticResidualInteractionBlock", "RealAgnosticInteractionBlock",
+                          *NEWER_BLOCKS],
     "gate": ["silu", "tanh", "abs", "None"],
     "scaling": ["std_scaling", "rms_forces_scaling", "no_scaling"],
     "loss": ["ef", "weighted", "forces_only", "virials", "stress", "dipole", "huber", "universal",
@@ -261,13 +267,7 @@ def test_override_and_irreps_errors(capsys, extra, flag):
         (["--wandb"], "--wandb"),
         (["--device", "mps"], "--device"),
         (["--interaction", "RealAgnosticAttResidualInteractionBlock"], "--interaction"),
-        (["--pair_repulsion"], "--pair_repulsion"),
-        (["--distance_transform", "Agnesi"], "--distance_transform"),
-        (["--distance_transform", "Soft"], "--distance_transform"),
-        (["--radial_type", "gaussian"], "--radial_type"),
-        (["--radial_type", "chebyshev"], "--radial_type"),
         (["--multi_processed_test", "True"], "--multi_processed_test"),
-        (["--statistics_file", "stats.json"], "--statistics_file"),
         (["--r_max", "0"], "--r_max"),
         (["--r_max", "-1.5"], "--r_max"),
         (["--batch_size", "0"], "--batch_size"),
@@ -335,6 +335,18 @@ def test_the_edges_of_the_numeric_ranges_are_accepted():
                    "--scheduler_patience=0", "--start_swa=0", "--swa"])
     assert (args.r_max, args.seed, args.forces_weight) == (0.5, 0, 0.0)
     assert _parse(["--seed=4294967295"]).seed == 2**32 - 1
+
+
+def test_upstream_0316_architecture_flags_have_its_defaults_and_are_accepted():
+    defaults = _parse([])
+    assert (defaults.apply_cutoff, defaults.use_last_readout_only) == (True, False)
+    assert defaults.use_embedding_readout is False
+    args = _parse(["--pair_repulsion", "--distance_transform", "Soft", "--radial_type", "chebyshev",
+                   "--apply_cutoff", "False", "--use_last_readout_only", "True", "--use_embedding_readout=True",
+                   "--interaction_first", NEWER_BLOCKS[0], "--interaction", NEWER_BLOCKS[2]])
+    assert (args.pair_repulsion, args.distance_transform, args.radial_type) == (True, "Soft", "chebyshev")
+    assert (args.apply_cutoff, args.use_last_readout_only, args.use_embedding_readout) == (False, True, True)
+    assert (args.interaction_first, args.interaction) == (NEWER_BLOCKS[0], NEWER_BLOCKS[2])
 
 
 def test_interaction_first_att_block_is_not_a_choice(capsys):
@@ -566,6 +578,24 @@ def test_value_readers(tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(UserInputError, match="--E0s"):
         parse_e0s(str(bad))
+
+
+def test_upstream_s_stage_two_names_set_the_swa_flags() -> None:
+    args = _parse(["--stage_two", "--start_stage_two", "7", "--stage_two_lr", "0.002",
+                   "--stage_two_forces_weight", "3", "--stage_two_energy_weight", "40"])
+    assert (args.swa, args.start_swa, args.swa_lr) == (True, 7, 0.002)
+    assert (args.swa_forces_weight, args.swa_energy_weight) == (3.0, 40.0)
+
+
+def test_lr_params_factors_read_upstream_s_json_and_name_what_is_wrong() -> None:
+    assert parse_lr_params_factors(_parse([]).lr_params_factors) == {
+        "embedding_lr_factor": 1.0, "interactions_lr_factor": 1.0, "products_lr_factor": 1.0, "readouts_lr_factor": 1.0,
+    }
+    assert parse_lr_params_factors('{"readouts_lr_factor": 0.1}') == {"readouts_lr_factor": 0.1}
+    for text, message in [("{readouts: 1}", "not a JSON dict"), ("[1]", "expected a JSON dict"),
+                          ('{"head_lr_factor": 1}', "unknown key"), ('{"products_lr_factor": -1}', "factors must be finite and non-negative")]:
+        with pytest.raises(UserInputError, match="--lr_params_factors: " + message):
+            parse_lr_params_factors(text)
 
 
 def test_help_mentions_adapter_flags(capsys):

@@ -62,6 +62,9 @@ def test_each_method_writes_its_outputs_and_rebuilds(shared_dir: Path, workdir: 
     rebuilt = load_adapted_model(shared_dir / FOUNDATION, workdir / f"{method}_adapter.pt")
     for ours, theirs in zip(reference, energies_and_forces(rebuilt, frames)):
         np.testing.assert_allclose(ours, theirs, atol=1e-10, rtol=0)
+    compiled = torch.jit.load(str(workdir / f"{method}_compiled.model"))  # TorchScript, adapters included
+    for ours, theirs in zip(reference, energies_and_forces(compiled, frames)):
+        np.testing.assert_allclose(ours, theirs, atol=1e-10, rtol=0)
     assert (workdir / f"{method}_merged.model").exists() == (method in ("elora", "lora"))
     if method in ("elora", "lora"):
         merged = load_model(workdir / f"{method}_merged.model", dtype=torch.float64)

@@ -218,6 +218,23 @@ def test_model_files_are_the_best_ema_weights_of_their_stage(
     assert all(p.forces.shape == (21, 3) and np.isfinite(p.forces).all() for p in predictions)
 
 
+@pytest.mark.parametrize("name", ["tiny", "tiny_swa"])
+def test_each_model_file_has_its_torchscript_file(main_run: Path, name: str) -> None:
+    """NAME_compiled.model (upstream's name) is NAME.model compiled: torch.jit.load runs it."""
+    model = load_model(main_run / f"{name}.model")
+    compiled = torch.jit.load(str(main_run / f"{name}_compiled.model"))
+    _, configs = load_from_xyz(str(main_run / "tiny.xyz"), energy_key="REF_energy", forces_key="REF_forces")
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        expected, actual = (predict(m, configs[:3]) for m in (model, compiled))
+    finally:
+        torch.set_default_dtype(dtype)
+    for ours, theirs in zip(expected, actual):
+        assert ours.energy == pytest.approx(theirs.energy, abs=1e-10)
+        np.testing.assert_allclose(ours.forces, theirs.forces, atol=1e-10, rtol=0)
+
+
 # --------------------------------------------------------------------------------------
 # Error-table types, bad input, divergence, reproducibility
 # --------------------------------------------------------------------------------------
@@ -369,6 +386,26 @@ def test_dry_run_builds_data_and_model_then_stops_before_training(aspirin, tmp_p
     assert "Epoch 0" not in log
 
 
+def test_the_newest_foundation_architecture_trains_from_flags(aspirin, tmp_path) -> None:
+    """Upstream 0.3.16's flags of the density blocks with ZBL and Agnesi build that model,
+    train it an epoch and save a file that loads (safely) with those modules."""
+    write_frames(tmp_path / "tiny.xyz", aspirin)
+    argv = TINY_FLAGS + [
+        "--name=density", "--train_file=tiny.xyz", "--max_num_epochs=1",
+        "--interaction_first=RealAgnosticDensityInteractionBlock",
+        "--interaction=RealAgnosticDensityResidualInteractionBlock",
+        "--pair_repulsion", "--distance_transform=Agnesi",
+    ]
+    assert run_main(tmp_path, argv) == 0
+    model = load_model(tmp_path / "density.model")
+    assert [type(block).__name__ for block in model.interactions] == [
+        "RealAgnosticDensityInteractionBlock", "RealAgnosticDensityResidualInteractionBlock"]
+    assert type(model.pair_repulsion_fn).__name__ == "ZBLBasis"
+    assert type(model.radial_embedding.distance_transform).__name__ == "AgnesiTransform"
+    _, configs = load_from_xyz(str(tmp_path / "tiny.xyz"), energy_key="REF_energy", forces_key="REF_forces")
+    assert math.isfinite(predict(model, configs[:1])[0].energy)
+
+
 @pytest.mark.parametrize("flag", ["--train_file", "--test_file"])
 def test_a_nan_energy_is_refused_when_read_naming_file_frame_and_key(aspirin, tmp_path, capsys, flag) -> None:
     frames = [frame.copy() for frame in aspirin]
@@ -447,7 +484,7 @@ def test_seed_quick_validation_command_runs(shared_dir, aspirin, tmp_path) -> No
 
 def training_records(folder: Path, tag: str) -> List[dict]:
     """The result lines without their wall times: what must not change when a run is resumed."""
-    return [{key: value for key, value in record.items() if key != "time"} for record in read_results(folder, tag)]
+    return [{key: value for key, value in record.items() if key not in ("time", "data_wait")} for record in read_results(folder, tag)]
 
 
 def tensors(tree: object) -> List[torch.Tensor]:

@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 
 from mace.core.errors import UserInputError
-from mace.core.files import atomic_write, remove_stale_temporaries, unwritable_folder_reason
+from mace.core.files import atomic_outputs, atomic_write, remove_stale_temporaries, unwritable_folder_reason
 from mace.core.run_lock import RunLock
 
 
@@ -41,6 +41,21 @@ def test_atomic_write_gives_the_permissions_of_the_umask(tmp_path: Path, umask_0
     atomic_write(target, lambda temporary: Path(temporary).write_text("again"))
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
     assert [path.name for path in target.parent.iterdir()] == ["result.txt"]
+
+
+def test_files_written_together_replace_their_targets_only_when_all_were_written(tmp_path: Path) -> None:
+    targets = [tmp_path / "a" / "one.h5", tmp_path / "b" / "two.h5"]
+    with atomic_outputs(targets) as temporaries:
+        for temporary, text in zip(temporaries, ("1", "2")):
+            Path(temporary).write_text(text)
+        assert not any(target.exists() for target in targets)
+    assert [target.read_text() for target in targets] == ["1", "2"]
+    with pytest.raises(RuntimeError):
+        with atomic_outputs(targets) as temporaries:
+            Path(temporaries[0]).write_text("new")
+            raise RuntimeError("the second one failed")
+    assert [target.read_text() for target in targets] == ["1", "2"]
+    assert sorted(path.name for path in tmp_path.rglob("*") if path.is_file()) == ["one.h5", "two.h5"]
 
 
 def test_only_the_temporaries_of_the_given_files_are_removed(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Small models and molecules shared by the model tests."""
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,8 +19,10 @@ def tiny_model(
     correlation: int = 3,
     num_interactions: int = 2,
     gate: Optional[Callable] = torch.nn.functional.silu,
+    **options: Any,
 ) -> MACE:
-    """A random-weight model small enough for fast tests (float64)."""
+    """A random-weight model small enough for fast tests (float64); ``options``: further
+    keywords of MACE (interaction classes, radial_type, pair_repulsion, ...)."""
     irreps = " + ".join(f"{channels}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(max_L + 1))
     kwargs = dict(
         r_max=4.0,
@@ -40,6 +42,7 @@ def tiny_model(
         gate=gate,
         radial_MLP=[16, 16],
     )
+    kwargs.update(options)
     if scale_shift:
         return ScaleShiftMACE(atomic_inter_scale=1.3, atomic_inter_shift=0.1, **kwargs)
     return MACE(**kwargs)

@@ -1,7 +1,8 @@
 """Our forward pass reproduces upstream's predictions for upstream-written model files.
 
-The test discovers every model in ``conformance/models`` and every prediction file
-``conformance/predictions/MODEL__SET.xyz`` written by upstream's eval_configs.
+The test discovers, in each folder of :data:`CONFORMANCE_FOLDERS`, every model in
+``FOLDER/models`` and every prediction file ``FOLDER/predictions/MODEL__SET.xyz`` written
+by upstream's eval_configs.
 """
 from pathlib import Path
 from typing import List, Tuple
@@ -15,20 +16,27 @@ from mace.data import config_from_atoms
 from mace.modules import load_model
 from mace.modules.predict import predict
 
+# The architectures of MACE-OFF23 / small upstream models, and those of the newest
+# foundation models (density blocks, ZBL, Agnesi; MACE-MP-0 style residual blocks).
+CONFORMANCE_FOLDERS = ("conformance", "conformance-foundations")
 
-def conformance_cases(shared: Path) -> List[Tuple[Path, Path]]:
-    models = {path.stem: path for path in sorted((shared / "conformance" / "models").glob("*.model"))}
+
+def conformance_cases(shared: Path, folders: Tuple[str, ...] = CONFORMANCE_FOLDERS) -> List[Tuple[Path, Path]]:
+    """(model file, upstream's predictions with it) for every pair found in ``folders``."""
     cases = []
-    for predictions in sorted((shared / "conformance" / "predictions").glob("*__*.xyz")):
-        model_name = predictions.stem.split("__")[0]
-        if model_name in models:
-            cases.append((models[model_name], predictions))
+    for folder in folders:
+        models = {path.stem: path for path in sorted((shared / folder / "models").glob("*.model"))}
+        for predictions in sorted((shared / folder / "predictions").glob("*__*.xyz")):
+            model_name = predictions.stem.split("__")[0]
+            if model_name in models:
+                cases.append((models[model_name], predictions))
     return cases
 
 
 def test_every_conformance_file_matches_upstream(shared_dir: Path) -> None:
     cases = conformance_cases(shared_dir)
-    assert cases, "no conformance model/prediction pairs were found"
+    for folder in CONFORMANCE_FOLDERS:
+        assert any(model.parent.parent.name == folder for model, _ in cases), f"no model/prediction pairs in {folder}"
     torch.set_default_dtype(torch.float64)
     for model_path, predictions_path in cases:
         model = load_model(model_path, dtype=torch.float64)

@@ -9,7 +9,13 @@ from e3nn import o3
 from mace.data import Configuration
 from mace.modules import load_model, save_model
 from mace.core.errors import UserInputError
+from mace.modules.blocks import (
+    RealAgnosticDensityInteractionBlock,
+    RealAgnosticDensityResidualInteractionBlock,
+    RealAgnosticResidualNonLinearInteractionBlock,
+)
 from mace.modules.builder import ModelSettings, build_model
+from mace.modules.radial import ChebychevBasis
 
 from .helpers import batch_of, random_molecule, tiny_model
 
@@ -36,9 +42,33 @@ def transformed(config: Configuration, matrix: np.ndarray, translation=np.zeros(
     )
 
 
-@pytest.mark.parametrize("scale_shift", [True, False])
-def test_rotation_and_reflection_equivariance(scale_shift: bool) -> None:
-    model = tiny_model(scale_shift=scale_shift)
+# Architectures beyond the default residual blocks, by the options of the newest upstream
+# foundation models (each with a random-weight tiny model).
+ARCHITECTURES = {
+    "residual": {},
+    "density_zbl_agnesi": dict(
+        interaction_cls_first=RealAgnosticDensityInteractionBlock,
+        interaction_cls=RealAgnosticDensityResidualInteractionBlock,
+        pair_repulsion=True, distance_transform="Agnesi",
+    ),
+    "nonlinear_soft_gaussian_last_readout": dict(
+        interaction_cls_first=RealAgnosticResidualNonLinearInteractionBlock,
+        interaction_cls=RealAgnosticResidualNonLinearInteractionBlock,
+        distance_transform="Soft", radial_type="gaussian", use_last_readout_only=True,
+    ),
+    "chebyshev_agnesi_cutoff_on_mlp": dict(
+        interaction_cls=RealAgnosticDensityResidualInteractionBlock,
+        radial_type="chebyshev", distance_transform="Agnesi", apply_cutoff=False, pair_repulsion=True,
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "scale_shift, architecture",
+    [(True, name) for name in ARCHITECTURES] + [(False, "residual"), (False, "density_zbl_agnesi")],
+)
+def test_rotation_and_reflection_equivariance(scale_shift: bool, architecture: str) -> None:
+    model = tiny_model(scale_shift=scale_shift, **ARCHITECTURES[architecture])
     rng = np.random.default_rng(1)
     for _ in range(3):
         molecule = random_molecule(rng)
@@ -62,8 +92,9 @@ def test_translation_and_permutation_invariance() -> None:
     assert torch.allclose(forces[order], forces_t, atol=1e-10, rtol=0)
 
 
-def test_forces_are_minus_energy_gradient_by_finite_differences() -> None:
-    model = tiny_model()
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_forces_are_minus_energy_gradient_by_finite_differences(architecture: str) -> None:
+    model = tiny_model(**ARCHITECTURES[architecture])
     molecule = random_molecule(np.random.default_rng(3), num_atoms=5)
     _, forces = energy_and_forces(model, [molecule])
     step = 1e-5
@@ -99,8 +130,9 @@ def test_other_shapes_are_equivariant(correlation: int, max_L: int, num_interact
     assert torch.allclose(forces @ torch.tensor(matrix).T, forces_t, atol=1e-10, rtol=0)
 
 
-def test_saved_model_loads_and_predicts_the_same(tmp_path: Path) -> None:
-    model = tiny_model()
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_saved_model_loads_and_predicts_the_same(tmp_path: Path, architecture: str) -> None:
+    model = tiny_model(**ARCHITECTURES[architecture])
     molecule = random_molecule(np.random.default_rng(6))
     save_model(model, tmp_path / "tiny.model")
     loaded = load_model(tmp_path / "tiny.model")
@@ -151,3 +183,15 @@ def test_an_isolated_atom_predicts_exactly_its_e0_with_model_mace() -> None:
         energy, forces = energy_and_forces(model, [atom])
         assert energy.item() == e0
         assert torch.equal(forces, torch.zeros_like(forces))
+
+
+def test_chebyshev_basis_has_torch_s_values_and_a_derivative() -> None:
+    """Upstream's values (torch.special's polynomials of the raw length), but differentiable:
+    torch's own function has no gradient, so forces through it would miss the radial term."""
+    basis = ChebychevBasis(r_max=5.0, num_basis=8)
+    lengths = torch.linspace(0.1, 5.0, 23).unsqueeze(-1).requires_grad_(True)
+    values = basis(lengths)
+    expected = torch.special.chebyshev_polynomial_t(lengths.detach().repeat(1, 8), basis.n.repeat(23, 1))
+    assert torch.allclose(values.detach(), expected, rtol=1e-12, atol=0)
+    slope = torch.autograd.grad(values[:, 2].sum(), lengths)[0]  # T_3' = 12 r^2 - 3
+    assert torch.allclose(slope, 12 * lengths.detach() ** 2 - 3, rtol=1e-12, atol=1e-12)

@@ -104,5 +104,7 @@ def test_models_take_upstream_s_radial_keywords_with_the_implemented_values(cls:
     cls(**model_kwargs(distance_transform=None, **extra))
     for option, value in (("radial_type", "gaussian"), ("radial_type", "chebyshev"),
                           ("distance_transform", "Agnesi"), ("distance_transform", "Soft"), ("pair_repulsion", True)):
+        cls(**model_kwargs(**{option: value}, **extra))
+    for option, value in (("radial_type", "spline"), ("distance_transform", "Log")):
         with pytest.raises(ValueError, match=rf"MACE\({option}={value!r}\) is not supported"):
             cls(**model_kwargs(**{option: value}, **extra))

@@ -18,6 +18,7 @@ from mace.training.distributed import (
     ProcessPlace,
     end_process_group,
     process_from_environment,
+    shard,
     start_process_group,
 )
 from mace.training.metrics import ErrorAccumulator
@@ -25,14 +26,7 @@ from mace.training.train import data_parallel
 from tests.modules.helpers import batch_of, random_molecule, tiny_model
 
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 SLURM = {"SLURM_JOB_NODELIST": "node[01-04]", "SLURM_PROCID": "6", "SLURM_NTASKS": "16", "SLURM_LOCALID": "2"}
 
@@ -140,3 +134,9 @@ def test_combined_shards_give_the_metrics_of_the_whole_set() -> None:
     assert combined.keys() == whole.metrics().keys()
     for key, value in whole.metrics().items():
         assert combined[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+
+
+def test_shard_outside_a_process_group_is_the_items_themselves():
+    """No copy: graphs built on access (HDF5 data) must stay unbuilt until a batch asks."""
+    items = range(7)
+    assert shard(items) is items

@@ -20,7 +20,7 @@ import torch
 from ase import Atoms
 
 from mace.cli.run_train import RunPaths, build_trainer
-from mace.adapters import adapter_parameter_ids, inject_adapters
+from mace.adapters import adapter_parameter_ids, freeze_blocks, inject_adapters
 from mace.adapters.elora import make_radial_basis_trainable
 from mace.data import Configuration, load_from_xyz
 from mace.data.datasets import Datasets
@@ -454,6 +454,36 @@ def test_adapter_lr_factor_gives_the_adapters_own_groups_at_a_scaled_rate(tiny_m
     unscaled = parameter_groups(model, weight_decay=0.1)
     assert all(group["lr_factor"] == 1.0 for group in unscaled)
     assert _ids(p for g in unscaled for p in g["params"]) == _ids(p for g in groups for p in g["params"])
+
+
+def test_lr_params_factors_scale_each_block_and_the_swa_stage_ignores_them(tiny_model: MACE) -> None:
+    factors = {"embedding_lr_factor": 0.5, "interactions_lr_factor": 2.0, "readouts_lr_factor": 0.0}
+    optimizer = build_optimizer(tiny_model, OptimizerSettings(lr=0.01, lr_params_factors=factors))
+    rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert rates == pytest.approx({
+        "embedding": 0.005, "interactions_decay": 0.02, "interactions_no_decay": 0.02, "products": 0.01, "readouts": 0.0,
+    })
+    assert all(group["swa_lr_factor"] == 1.0 for group in optimizer.param_groups)
+
+
+@pytest.mark.parametrize("level, frozen", [
+    (None, []), (0, []), (-1, []), (1, ["node_embedding"]), (4, ["node_embedding"]),
+    (5, ["node_embedding", "interactions"]), (6, ["node_embedding", "interactions", "products"]),
+])
+def test_freeze_stops_upstream_s_blocks_from_training_adapters_included(tiny_model: MACE, level, frozen) -> None:
+    model = inject_adapters(tiny_model, "mmea")
+    assert freeze_blocks(model, level) == frozen
+    for name in ("node_embedding", "interactions", "products", "readouts"):
+        trains = any(p.requires_grad for p in getattr(model, name).parameters())
+        assert trains == (name not in frozen), name
+    optimised = _ids(p for group in parameter_groups(model, weight_decay=0.0) for p in group["params"])
+    assert not optimised & _ids(p for name in frozen for p in getattr(model, name).parameters())
+
+
+def test_freezing_every_block_is_a_clear_error(tiny_model: MACE) -> None:
+    assert freeze_blocks(tiny_model, 7) == ["node_embedding", "interactions", "products", "readouts"]
+    with pytest.raises(UserInputError, match="lower --freeze"):
+        build_optimizer(tiny_model, OptimizerSettings())
 
 
 def test_frozen_parameters_get_no_optimiser_group(tiny_model: MACE) -> None:
