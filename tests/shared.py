@@ -7,6 +7,7 @@ skip when it is absent.
 import os
 import re
 import shlex
+import socket
 from pathlib import Path
 from typing import List
 
@@ -16,6 +17,7 @@ from repro_data.fetch import shared_folder
 
 __all__ = [
     "shared_folder", "shared_folder_or_skip", "documented_seed_command", "documented_anchor_flags", "upstream_python_or_skip",
+    "free_local_port",
 ]
 
 # An environment with upstream mace-torch 0.3.16 installed (never this package), as a test
@@ -59,3 +61,10 @@ def documented_anchor_flags() -> List[str]:
     match = re.search(r"`(--E0s=[^`]*)`", _shared_document("docs/anchors.md"))
     assert match is not None, "docs/anchors.md has no command starting with --E0s in backquotes"
     return match.group(1).split("--foundation_model=", 1)[0].split()
+
+
+def free_local_port() -> int:
+    """A TCP port free on this machine now, for the rendezvous of a test's process group."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -5,7 +5,6 @@ each run to a few seconds of training, most of the time goes to starting the pro
 """
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from mace.data import load_from_xyz
 from mace.modules import load_model
 from mace.modules.predict import predict
 from mace.training.metrics import mae_rmse
+from tests.shared import free_local_port
 from tests.cli.test_run_train import TINY_FLAGS, aspirin, read_results, write_frames  # noqa: F401 (fixture)
 
 RUN_FLAGS = TINY_FLAGS + [
@@ -27,16 +27,10 @@ RUN_FLAGS = TINY_FLAGS + [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_torchrun(cwd: Path, argv: Sequence[str]) -> subprocess.Popen:
     """Two run_train processes under torchrun."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_local_port()}",
         "-m", "mace.cli.run_train", *argv,
     ]
     return subprocess.Popen(

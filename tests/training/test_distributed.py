@@ -1,6 +1,5 @@
 """Data-parallel training: where each process reads its place, that two gloo processes step
 as one process on the union of their batches, and that shards and gathered metrics add up."""
-import socket
 from pathlib import Path
 from typing import Dict, List
 
@@ -24,6 +23,7 @@ from mace.training.distributed import (
 from mace.training.metrics import ErrorAccumulator
 from mace.training.train import data_parallel
 from tests.modules.helpers import batch_of, random_molecule, tiny_model
+from tests.shared import free_local_port
 
 
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -102,14 +102,8 @@ def _rank_gradients(rank: int, port: int, folder: str) -> None:
         end_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_two_gloo_processes_get_the_gradients_of_one_process_on_the_union_of_their_batches(tmp_path: Path) -> None:
-    torch.multiprocessing.spawn(_rank_gradients, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_rank_gradients, args=(free_local_port(), str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(0)
     model = tiny_model()
     expected = _gradients(model, model, _labelled_molecules(4))
