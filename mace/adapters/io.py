@@ -9,8 +9,10 @@ An adapter file (``NAME_adapter.pt``) holds a plain dictionary, readable with
 - ``parameters``: every trainable tensor (``requires_grad``) by state_dict name;
 - ``buffers``: the non-parameter state fine-tuning sets: the E0s and, for
   ScaleShiftMACE, scale and shift;
-- ``readouts_trained``: the readouts were re-initialised and trained in full.
-Rebuilding repeats the fine-tuning preparation (restrict elements, inject the adapter),
+- ``readouts_trained``: the readouts were re-initialised and trained in full;
+- ``foundation_head``: the head of a multi-head foundation that was fine-tuned (files
+  without it: upstream's default head).
+Rebuilding repeats the fine-tuning preparation (select the head, restrict elements, inject the adapter),
 then loads those tensors, so the result predicts exactly as the fine-tuned model.
 """
 import os
@@ -22,7 +24,8 @@ import torch
 
 from mace.adapters import METHODS, AdapterConfig, inject_adapters, train_readouts
 from mace.modules.loading import load_model
-from mace.modules.models import MACE
+from mace.modules.heads import foundation_head_index, select_head
+from mace.modules.models import MACE, model_heads
 from mace.core.errors import UserInputError, one_line
 from mace.core.files import atomic_torch_save, file_sha256
 from mace.adapters.foundation import restrict_to_elements
@@ -61,6 +64,7 @@ def save_adapter(
         "parameters": _trainable_tensors(model),
         "buffers": _finetuned_buffers(model),
         "readouts_trained": readouts_trained,
+        "foundation_head": model_heads(model)[0],
     }
     atomic_torch_save(payload, path)
 
@@ -128,6 +132,7 @@ def load_adapted_model(
     payload = _read_adapter(adapter_path)
     _check_foundation(foundation_path, payload["foundation_sha256"], adapter_path)
     foundation = load_model(foundation_path, device=device, dtype=DTYPES[payload["dtype"]], trust_pickle=trust_pickle)
+    foundation = select_head(foundation, foundation_head_index(foundation, payload.get("foundation_head")))
     model = restrict_to_elements(foundation, payload["atomic_numbers"])
     method = payload["method"]
     inject_adapters(model, method, _settings(method, payload["settings"]))

@@ -19,10 +19,11 @@ from e3nn import o3
 from mace.adapters import METHODS, count_trainable, inject_adapters, train_readouts, trainable_parameter_table
 from mace.adapters.foundation import restrict_to_elements, set_e0s
 from mace.adapters.settings import AdapterSettings
-from mace.modules.blocks import LinearReadoutBlock, NonLinearReadoutBlock
+from mace.modules.blocks import LinearReadoutBlock, NonLinearReadoutBlock, readout_gate
+from mace.modules.heads import foundation_head_index, select_head
 from mace.modules.loading import load_model
 from mace.data.configuration import Configuration, compute_average_e0s, has_label
-from mace.modules.models import MACE
+from mace.modules.models import MACE, model_heads
 from mace.core.atomic_numbers import AtomicNumberTable
 from mace.core.errors import UserInputError
 from mace.core.files import atomic_write, record_or_check_sha256
@@ -122,10 +123,12 @@ def reinitialise_readouts(model: MACE) -> None:
     """Fresh readout weights (--foundation_model_readout turned off), same irreps as before."""
     for index, readout in enumerate(model.readouts):
         if isinstance(readout, NonLinearReadoutBlock):
-            gate = readout.non_linearity.acts[0].f if hasattr(readout.non_linearity.acts[0], "f") else None
-            fresh = NonLinearReadoutBlock(readout.linear_1.irreps_in, readout.linear_1.irreps_out, gate)
+            fresh = NonLinearReadoutBlock(
+                readout.linear_1.irreps_in, readout.linear_1.irreps_out, readout_gate(readout),
+                readout.linear_2.irreps_out, getattr(readout, "num_heads", 1),
+            )
         else:
-            fresh = LinearReadoutBlock(readout.linear.irreps_in)
+            fresh = LinearReadoutBlock(readout.linear.irreps_in, readout.linear.irreps_out)
         model.readouts[index] = fresh.to(dtype=model.r_max.dtype, device=model.r_max.device)
 
 
@@ -136,11 +139,21 @@ def prepare_foundation(
     keep_readouts: bool = True,
     trust_pickle: bool = False,
     given_architecture: Optional[Mapping[str, Any]] = None,
+    foundation_head: Optional[str] = None,
 ) -> MACE:
     """Foundation restricted to the data's elements (readouts re-initialised unless kept);
-    ``given_architecture``: flag values the user typed, warned about where the file differs."""
+    ``given_architecture``: flag values the user typed, warned about where the file differs.
+    Of a multi-head foundation, the head ``foundation_head`` (upstream's default: the first
+    that is not the pretraining head) is cut out as a one-head model."""
     foundation = load_model(foundation_path, device=str(device), dtype=torch.get_default_dtype(), trust_pickle=trust_pickle)
     logging.info("Foundation model %s: %s", foundation_path, foundation_architecture(foundation))
+    heads = model_heads(foundation)
+    if len(heads) > 1:
+        index = foundation_head_index(foundation, foundation_head)
+        logging.info("Selecting the head '%s' of %s as the foundation head", heads[index], heads)
+        foundation = select_head(foundation, index)
+    elif foundation_head is not None and foundation_head != heads[0]:
+        raise UserInputError(f"--foundation_head {foundation_head}: the foundation model has one head, '{heads[0]}'")
     warn_architecture_mismatch(given_architecture or {}, foundation)
     model = restrict_to_elements(foundation, atomic_numbers)
     if not keep_readouts:

@@ -24,6 +24,7 @@ from mace.core.errors import UserInputError
 from mace.data import Configuration, batch_to_device, collate_graphs, config_from_atoms
 from mace.modules.export import is_torchscript_file, script_model
 from mace.modules.loading import load_model
+from mace.modules.heads import head_index
 from mace.modules.models import model_heads
 from mace.modules.predict import Prediction, model_graphs, predict
 
@@ -100,9 +101,9 @@ def is_scripted(model: torch.nn.Module) -> bool:
     return isinstance(model, torch.jit.ScriptModule)
 
 
-def node_e0s(model: torch.nn.Module, atomic_numbers: np.ndarray) -> np.ndarray:
-    """Each atom's isolated-atom energy E0 in the model (its first, and here only, head)."""
-    table = torch.atleast_2d(model.atomic_energies_fn.atomic_energies)[0].detach().cpu().numpy()
+def node_e0s(model: torch.nn.Module, atomic_numbers: np.ndarray, head: int = 0) -> np.ndarray:
+    """Each atom's isolated-atom energy E0 in the model, of head ``head``."""
+    table = torch.atleast_2d(model.atomic_energies_fn.atomic_energies)[head].detach().cpu().numpy()
     index = {int(z): i for i, z in enumerate(model.atomic_numbers.tolist())}
     return np.array([table[index[int(z)]] for z in atomic_numbers], dtype=float)
 
@@ -123,8 +124,8 @@ class MACECalculator(Calculator):
     whose ``energy``/``forces``/``stress`` are the means, with the spread of the members in
     ``energies``, ``energy_var``, ``forces_comm``, ``forces_var``, ``stress_comm`` and
     ``stress_var``). ``models`` (or ``model``) gives modules already in memory instead.
-    ``default_dtype``: 'float64', 'float32', or '' for the dtype the file holds. ``head``: None
-    or the model's single head name. ``energy_units_to_eV`` and ``length_units_to_A`` convert
+    ``default_dtype``: 'float64', 'float32', or '' for the dtype the file holds. ``head``: the
+    head to evaluate; None: the only head, else the one named 'default'. ``energy_units_to_eV`` and ``length_units_to_A`` convert
     a model trained in other units to ASE's eV and Angstrom. Stress is computed only for
     periodic structures. ``trust_pickle=True`` reads the model files without the safe
     loader's restrictions: only for files you trust (see :func:`mace.modules.loading.load_model`).
@@ -176,6 +177,7 @@ class MACECalculator(Calculator):
         self.num_models = len(self.models)
         self.available_heads = model_heads(self.models[0])
         self.head = self._check_head(head)
+        self.head_index = self.available_heads.index(self.head)
         self.r_max = float(self.models[0].r_max)
 
         self.implemented_properties = ["energy", "free_energy", "node_energy", "forces", "stress"]
@@ -226,21 +228,16 @@ class MACECalculator(Calculator):
         return [load_model_file(path, dtype, trust_pickle) for path in model_file_paths(model_paths)]
 
     def _check_head(self, head: Optional[str]) -> str:
-        """Our models have one head: ``head`` must be None or its name (upstream's 'Default')."""
+        """The head to evaluate (see :func:`mace.modules.heads.head_index`); a committee's
+        models must name the same heads."""
         for member in self.models:
             heads = model_heads(member)
-            if len(heads) != 1:
-                raise UnsupportedOptionError(
-                    f"the model has several heads {heads}; this version evaluates single-head models only"
-                )
             if heads != self.available_heads:
-                raise CalculatorInputError(f"the committee's models name their head differently: {heads} and {self.available_heads}")
-        if head is not None and head != self.available_heads[0]:
-            raise CalculatorInputError(
-                f"head='{head}': the model has one head, '{self.available_heads[0]}'; "
-                f"pass head=None or head='{self.available_heads[0]}'"
-            )
-        return self.available_heads[0]
+                raise CalculatorInputError(f"the committee's models name their heads differently: {heads} and {self.available_heads}")
+        try:
+            return self.available_heads[head_index(self.models[0], head)]
+        except UserInputError as exc:
+            raise CalculatorInputError(f"head={head!r}: {exc}") from exc
 
     def _configuration(self, atoms: Atoms) -> Configuration:
         """``atoms`` in the model's length unit."""
@@ -255,7 +252,8 @@ class MACECalculator(Calculator):
         config = self._configuration(self.atoms)
         periodic = bool(np.any(self.atoms.pbc))
         predictions = [
-            predict(member, [config], batch_size=1, compute_stress=periodic)[0] for member in self.models
+            predict(member, [config], batch_size=1, compute_stress=periodic, head=self.head)[0]
+            for member in self.models
         ]
         self.results = self._results(predictions, config.atomic_numbers, periodic)
 
@@ -268,7 +266,7 @@ class MACECalculator(Calculator):
         forces = np.stack([p.forces for p in predictions]) * force_unit
         # As upstream: node_energy is each atom's energy above its isolated-atom E0.
         node_energies = np.stack(
-            [p.node_energy - node_e0s(m, atomic_numbers) for p, m in zip(predictions, self.models)]
+            [p.node_energy - node_e0s(m, atomic_numbers, self.head_index) for p, m in zip(predictions, self.models)]
         ) * energy_unit
         results = {
             "energy": float(energies.mean()),

@@ -86,7 +86,6 @@ MULTIHEAD_REPLAY_FLAGS: Dict[str, Tuple[Any, Any, Optional[List[str]]]] = {
     "subselect_pt": (str, "random", ["fps", "random"]),
     "filter_type_pt": (str, "none", ["none", "combinations", "inclusive", "exclusive"]),
     "force_mh_ft_lr": (str2bool, False, None),
-    "foundation_head": (str, None, None),
     "weight_pt_head": (float, 1.0, None),
     "real_pt_data_ratio_threshold": (float, 0.1, None),
     "pt_valid_file": (str, None, None),
@@ -506,6 +505,13 @@ def _add_finetuning_flags(parser: argparse.ArgumentParser) -> None:
     _switch(g, "--trust_pickle", False,
             "Unpickle --foundation_model without the safe loader's restrictions, so it can run any "
             "code it names: only for a file you trust (README, 'What is safe to load').")
+    _value(g, "--foundation_head", str, None,
+           "Head of a multi-head foundation model to fine-tune (it is cut out as a one-head "
+           "model); default, as upstream: the first head that is not 'pt_head'.")
+    _value(g, "--keep_foundation_head", str2bool, False,
+           "Fine-tuning: NAME.model (and NAME_compiled.model) also carry the unchanged foundation "
+           "as head 'foundation' beside the fine-tuned head (true/false): it predicts exactly what "
+           "the foundation predicts, so nothing is forgotten. The files are then twice the size.")
     _value(g, "--foundation_model_elements", str2bool, False,
            "Keep every element of the foundation model (true/false); only false is accepted: "
            "the foundation is restricted to the data's elements, or to --atomic_numbers.")
@@ -878,7 +884,7 @@ def adapter_settings(args: argparse.Namespace, environ: Optional[Mapping[str, st
 RESTART_MAY_CHANGE = frozenset({
     "max_num_epochs", "patience", "eval_interval", "start_swa", "dry_run",
     "log_dir", "results_dir", "checkpoints_dir", "model_dir", "downloads_dir", "log_level",
-    "keep_checkpoints", "save_all_checkpoints", "save_cpu", "test_file", "test_dir",
+    "keep_checkpoints", "save_all_checkpoints", "save_cpu", "keep_foundation_head", "test_file", "test_dir",
     "device", "num_workers", "pin_memory", "restart_latest", "trust_pickle", "config", "launcher",
     "wandb", "wandb_project", "wandb_entity", "wandb_name", "wandb_log_hypers",
 })

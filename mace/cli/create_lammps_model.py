@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("model_path", help="model file (torch.save of a MACE model, e.g. NAME.model)")
-    parser.add_argument("--head", default=None, help="head to run: the name of the model's one head")
+    parser.add_argument("--head", default=None, help="head of a multi-head model to run (default, as upstream: the last head)")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="float type of the compiled model")
     parser.add_argument(
         "--format",

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=64, help="configurations per batch")
     parser.add_argument("--compute_stress", action="store_true", help="also predict stress (periodic cells)")
     parser.add_argument("--info_prefix", default="MACE_", help="prefix of the keys written to the output")
+    parser.add_argument("--head", default=None,
+                        help="head of a multi-head model to evaluate (default: the only head, else 'Default')")
     add_trust_pickle_flag(parser)
     return parser
 
@@ -44,7 +46,9 @@ def evaluate_file(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=device, dtype=dtype, trust_pickle=args.trust_pickle)
     frames = read_frames(args.configs)
     configs = [config_from_atoms(atoms) for atoms in frames]
-    predictions = predict(model, configs, batch_size=args.batch_size, compute_stress=args.compute_stress)
+    predictions = predict(
+        model, configs, batch_size=args.batch_size, compute_stress=args.compute_stress, head=args.head
+    )
     for atoms, prediction in zip(frames, predictions):
         atoms.calc = None
         atoms.info[f"{args.info_prefix}energy"] = prediction.energy

@@ -33,7 +33,8 @@ from mace.modules.builder import ModelSettings, build_model
 from mace.modules.export import save_scripted
 from mace.modules.loading import save_model
 from mace.modules.loss import build_loss, build_stage_two_loss
-from mace.modules.models import MACE
+from mace.modules.heads import FOUNDATION_HEAD, ModelHeads
+from mace.modules.models import MACE, model_heads
 from mace.cli.arg_parser import (
     defining_settings,
     parse_args,
@@ -183,6 +184,7 @@ def finetuning_model(
     model = prepare_foundation(
         foundation, atomic_numbers, device,
         keep_readouts=args.foundation_model_readout, trust_pickle=args.trust_pickle, given_architecture=given,
+        foundation_head=args.foundation_head,
     )
     model = apply_adapters(model, args.adapter_settings, readouts_trained=not args.foundation_model_readout)
     set_finetuning_e0s(model, parse_e0s(args.E0s), datasets.train, datasets.isolated_atom_e0s, AtomicNumberTable(atomic_numbers))
@@ -281,8 +283,24 @@ def final_models(trainer: Trainer, paths: RunPaths, device: torch.device) -> Ite
         yield stage, target
 
 
-def save_final_model(model: MACE, target: Path, args: argparse.Namespace) -> None:
+def kept_foundation(args: argparse.Namespace, foundation: Optional[Path], model: MACE) -> Optional[MACE]:
+    """With --keep_foundation_head, the foundation as it was before fine-tuning (its head,
+    restricted to the run's elements, its own E0s and readouts), to save beside the model."""
+    if foundation is None or not args.keep_foundation_head:
+        return None
+    return prepare_foundation(
+        foundation, model.atomic_numbers.tolist(), torch.device("cpu"), trust_pickle=args.trust_pickle,
+        foundation_head=args.foundation_head,
+    )
+
+
+def save_final_model(model: MACE, target: Path, args: argparse.Namespace, kept: Optional[MACE] = None) -> None:
+    """NAME.model and NAME_compiled.model; with ``kept`` (the foundation), both carry it as
+    head 'foundation' beside the model's own head."""
     to_save = model.to("cpu") if args.save_cpu else model
+    if kept is not None:
+        kept = kept.to(device=to_save.r_max.device)
+        to_save = ModelHeads([kept, to_save], [FOUNDATION_HEAD, model_heads(to_save)[0]])
     save_model(to_save, target)
     logging.info("Saved model to %s", target)
     save_compiled_model(to_save, RunPaths.compiled_file(target))
@@ -334,9 +352,10 @@ def save_and_evaluate(
     saves and writes; every process evaluates its shard)."""
     request = output_request_for(trainer.loss_fn, args.error_table, args.compute_stress)
     sets = [("train", datasets.train), ("valid", datasets.valid)] + list(datasets.tests)
+    kept = kept_foundation(args, foundation, trainer.model) if place.is_main else None
     for stage, target in final_models(trainer, paths, device):
         if place.is_main:
-            save_final_model(trainer.model, target, args)
+            save_final_model(trainer.model, target, args, kept)
             trainer.model.to(device)
             if foundation is not None:
                 save_finetuning_outputs(trainer.model, args, foundation, target)

@@ -74,10 +74,10 @@ class LazyGraphs(Dataset):
 
 
 def graphs_of(
-    configs: Sequence[Configuration], z_table: AtomicNumberTable, cutoff: float
+    configs: Sequence[Configuration], z_table: AtomicNumberTable, cutoff: float, head: int = 0
 ) -> Union[List[Dict[str, torch.Tensor]], LazyGraphs]:
-    """The graphs of ``configs``: built now for configurations in memory, on access for
-    those read on access (:class:`LazyConfigurations`)."""
+    """The graphs of ``configs`` for the model's head index ``head``: built now for
+    configurations in memory, on access for those read on access (:class:`LazyConfigurations`)."""
     if isinstance(configs, LazyConfigurations):
-        return LazyGraphs(configs, z_table, cutoff)
-    return [graph_from_configuration(config, z_table, cutoff) for config in configs]
+        return LazyGraphs(configs, z_table, cutoff, head)
+    return [graph_from_configuration(config, z_table, cutoff, head) for config in configs]

@@ -36,29 +36,63 @@ class LinearNodeEmbeddingBlock(torch.nn.Module):
         return self.linear(node_attrs)
 
 
+def mask_head(hidden: torch.Tensor, node_heads: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Zero every hidden channel but those of the node's own head.
+
+    A multi-head readout's hidden layer is ``num_heads`` contiguous blocks of equal width,
+    block k feeding head k (upstream's layout), so each head sees only its own block.
+    """
+    per_head = hidden.shape[1] // num_heads
+    channel_head = torch.arange(hidden.shape[1], device=hidden.device) // per_head
+    own = channel_head.unsqueeze(0) == node_heads.unsqueeze(1)
+    return hidden * own.to(hidden.dtype)
+
+
 class LinearReadoutBlock(torch.nn.Module):
-    """Node features -> one invariant node energy [n, 1]."""
+    """Node features -> one invariant node energy per head [n, n_heads]."""
 
-    def __init__(self, irreps_in: o3.Irreps) -> None:
+    def __init__(self, irreps_in: o3.Irreps, irrep_out: o3.Irreps = o3.Irreps("0e")) -> None:
         super().__init__()
-        self.linear = o3.Linear(irreps_in=irreps_in, irreps_out=o3.Irreps("0e"))
+        self.linear = o3.Linear(irreps_in=irreps_in, irreps_out=o3.Irreps(irrep_out))
 
-    def forward(self, node_feats: torch.Tensor) -> torch.Tensor:
+    def forward(self, node_feats: torch.Tensor, node_heads: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.linear(node_feats)
 
 
 class NonLinearReadoutBlock(torch.nn.Module):
-    """Scalar node features -> MLP (one hidden layer, gated) -> node energy [n, 1]."""
+    """Scalar node features -> MLP (one hidden layer, gated) -> node energy per head [n, n_heads].
 
-    def __init__(self, irreps_in: o3.Irreps, MLP_irreps: o3.Irreps, gate: Optional[Callable]) -> None:
+    With several heads the hidden layer holds one block per head (``MLP_irreps`` is the
+    whole layer) and a node's energy only passes through its own head's block.
+    """
+
+    def __init__(
+        self,
+        irreps_in: o3.Irreps,
+        MLP_irreps: o3.Irreps,
+        gate: Optional[Callable],
+        irrep_out: o3.Irreps = o3.Irreps("0e"),
+        num_heads: int = 1,
+    ) -> None:
         super().__init__()
         self.hidden_irreps = o3.Irreps(MLP_irreps)
+        self.num_heads = num_heads
         self.linear_1 = o3.Linear(irreps_in=irreps_in, irreps_out=self.hidden_irreps)
         self.non_linearity = e3nn_nn.Activation(irreps_in=self.hidden_irreps, acts=[gate])
-        self.linear_2 = o3.Linear(irreps_in=self.hidden_irreps, irreps_out=o3.Irreps("0e"))
+        self.linear_2 = o3.Linear(irreps_in=self.hidden_irreps, irreps_out=o3.Irreps(irrep_out))
 
-    def forward(self, node_feats: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(self.non_linearity(self.linear_1(node_feats)))
+    def forward(self, node_feats: torch.Tensor, node_heads: Optional[torch.Tensor] = None) -> torch.Tensor:
+        hidden = self.non_linearity(self.linear_1(node_feats))
+        if hasattr(self, "num_heads"):  # files written before multi-head readouts lack it
+            if self.num_heads > 1 and node_heads is not None:
+                hidden = mask_head(hidden, node_heads, self.num_heads)
+        return self.linear_2(hidden)
+
+
+def readout_gate(readout: NonLinearReadoutBlock) -> Optional[Callable]:
+    """The gate function of a non-linear readout (e3nn keeps it normalised; ``f`` is the
+    function given), to build another readout like it."""
+    return getattr(readout.non_linearity.acts[0], "f", None)
 
 
 class AtomicEnergiesBlock(torch.nn.Module):

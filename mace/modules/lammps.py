@@ -21,19 +21,14 @@ from typing import Dict, Optional
 import torch
 from e3nn.util.jit import compile_mode
 
-from mace.core.errors import UserInputError
+from mace.modules.heads import head_index
 from mace.modules.models import MACE, model_heads
 from mace.modules.utils import forces_and_virials, scatter_sum, symmetric_strain
 
 
 def _head_index(model: MACE, head: Optional[str]) -> int:
-    """Our models have one head: ``head`` must be None or its name."""
-    heads = model_heads(model)
-    if len(heads) != 1:
-        raise UserInputError(f"the model has several heads {heads}; only single-head models are supported")
-    if head is not None and head != heads[0]:
-        raise UserInputError(f"head '{head}': the model has one head, '{heads[0]}'")
-    return 0
+    """The named head, else, as upstream's LAMMPS model, the last one."""
+    return len(model_heads(model)) - 1 if head is None else head_index(model, head)
 
 
 def _mark_float_type(model: MACE) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from mace.data import Configuration
+from mace.modules.heads import ModelHeads
 from mace.modules.models import MACE
 from mace.modules.safe_pickle import ForbiddenGlobal, safe_torch_load
 from mace.core.errors import UserInputError, one_line
@@ -86,7 +87,7 @@ def load_model(
             "MACECalculator run it; this needs the model file it was compiled from (NAME.model)"
         )
     model = _unpickle(path, device, trust_pickle)
-    if not isinstance(model, MACE):
+    if not isinstance(model, (MACE, ModelHeads)):
         raise UserInputError(f"Model file '{path}' holds a {type(model).__name__}, not a MACE model")
     _check_values(model, path)
     if dtype is not None:

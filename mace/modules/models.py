@@ -110,6 +110,7 @@ class MACE(torch.nn.Module):
         apply_cutoff: bool = True,
         use_last_readout_only: bool = False,
         use_embedding_readout: bool = False,
+        heads: Optional[List[str]] = None,
     ) -> None:
         """Upstream's keyword names and defaults. ``radial_type``: 'bessel', 'gaussian' or
         'chebyshev'; ``distance_transform``: 'None', 'Agnesi' or 'Soft'; ``pair_repulsion``
@@ -117,7 +118,9 @@ class MACE(torch.nn.Module):
         ``apply_cutoff=False`` applies the envelope to the radial-MLP outputs instead of
         the radial features; ``use_last_readout_only`` reads the energy out of the last
         layer alone. ``use_embedding_readout`` is accepted and, as upstream without its
-        charge/spin embeddings (which this model does not have), changes nothing."""
+        charge/spin embeddings (which this model does not have), changes nothing.
+        ``heads`` names the readout heads (one energy per head and node; default one head,
+        upstream's "Default"); the last readout's MLP gets ``MLP_irreps`` per head."""
         _check_implemented(radial_type=radial_type, distance_transform=distance_transform, pair_repulsion=pair_repulsion)
         super().__init__()
         hidden_irreps = o3.Irreps(hidden_irreps)
@@ -126,6 +129,9 @@ class MACE(torch.nn.Module):
         self.register_buffer("atomic_numbers", torch.tensor(list(atomic_numbers), dtype=torch.int64))
         self.register_buffer("r_max", torch.tensor(r_max, dtype=torch.get_default_dtype()))
         self.register_buffer("num_interactions", torch.tensor(num_interactions, dtype=torch.int64))
+        self.heads: List[str] = [DEFAULT_HEAD] if heads is None else [str(head) for head in heads]
+        num_heads = len(self.heads)
+        heads_out = o3.Irreps(f"{num_heads}x0e")
 
         node_attrs_irreps = o3.Irreps([(num_elements, (0, 1))])
         num_channels = hidden_irreps.count(o3.Irrep(0, 1))
@@ -173,9 +179,13 @@ class MACE(torch.nn.Module):
                 )
             )
             if is_last:
-                self.readouts.append(NonLinearReadoutBlock(layer_irreps, o3.Irreps(MLP_irreps), gate))
+                self.readouts.append(
+                    NonLinearReadoutBlock(
+                        layer_irreps, (num_heads * o3.Irreps(MLP_irreps)).simplify(), gate, heads_out, num_heads
+                    )
+                )
             elif not use_last_readout_only:
-                self.readouts.append(LinearReadoutBlock(layer_irreps))
+                self.readouts.append(LinearReadoutBlock(layer_irreps, heads_out))
             node_feats_irreps = layer_irreps
 
     def forward(
@@ -202,7 +212,7 @@ class MACE(torch.nn.Module):
             positions.requires_grad_(True)
 
         node_e0 = self.atomic_energies_fn(node_attrs).gather(1, node_heads.unsqueeze(1)).squeeze(1)
-        node_interaction_energies = self._node_energy_terms(data, node_attrs, positions, shifts)
+        node_interaction_energies = self._node_energy_terms(data, node_attrs, positions, shifts, node_heads)
         node_inter = self._combine_layer_energies(node_interaction_energies, node_heads)
         node_energy = node_e0 + node_inter
         contributions = torch.stack(
@@ -268,18 +278,24 @@ class MACE(torch.nn.Module):
         return layers
 
     def _node_energy_terms(
-        self, data: Batch, node_attrs: torch.Tensor, positions: torch.Tensor, shifts: torch.Tensor
+        self,
+        data: Batch,
+        node_attrs: torch.Tensor,
+        positions: torch.Tensor,
+        shifts: torch.Tensor,
+        node_heads: torch.Tensor,
     ) -> List[torch.Tensor]:
         """The [n_nodes] interaction energy terms, before scaling: the ZBL repulsion (if the
         model has it), then one readout per layer (one of the last layer, when the model
-        reads out only there, as a single readout means)."""
+        reads out only there, as a single readout means), each at the node's head."""
         edges = self._embed_edges(data, node_attrs, positions, shifts)
         layers = self._layer_node_features(data, node_attrs, edges)
         if len(self.readouts) == 1:
             layers = layers[-1:]
         terms: List[torch.Tensor] = []
         for index, readout in enumerate(self.readouts):
-            terms.append(readout(layers[index]).squeeze(-1))
+            per_head = readout(layers[index], node_heads)
+            terms.append(per_head.gather(1, node_heads.unsqueeze(1)).squeeze(1))
         if hasattr(self, "pair_repulsion_fn"):  # TorchScript resolves hasattr when compiling
             return [self.pair_repulsion_fn(edges.lengths, node_attrs, data["edge_index"], self.atomic_numbers)] + terms
         return terms

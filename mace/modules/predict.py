@@ -9,6 +9,7 @@ from mace.data import Configuration, batch_to_device, collate_graphs
 from mace.data.graph import graphs_of
 from mace.core.atomic_numbers import AtomicNumberTable
 from mace.core.errors import UserInputError
+from mace.modules.heads import head_index
 
 
 @dataclass
@@ -30,10 +31,13 @@ def model_cutoff(model: torch.nn.Module) -> float:
     return float(model.r_max)
 
 
-def model_graphs(model: torch.nn.Module, configs: Sequence[Configuration]) -> Sequence[Dict[str, torch.Tensor]]:
-    """Graphs with the model's element table and cutoff (raises for unknown elements); of
-    configurations read on access (HDF5), a dataset that builds each graph on access."""
-    return graphs_of(configs, model_element_table(model), model_cutoff(model))
+def model_graphs(
+    model: torch.nn.Module, configs: Sequence[Configuration], head: int = 0
+) -> Sequence[Dict[str, torch.Tensor]]:
+    """Graphs with the model's element table and cutoff (raises for unknown elements), for
+    head index ``head``; of configurations read on access (HDF5), a dataset that builds
+    each graph on access."""
+    return graphs_of(configs, model_element_table(model), model_cutoff(model), head)
 
 
 def predict(
@@ -41,11 +45,13 @@ def predict(
     configs: Sequence[Configuration],
     batch_size: int = 64,
     compute_stress: bool = False,
+    head: Optional[str] = None,
 ) -> List[Prediction]:
-    """Evaluate ``model`` (on its own device) on every configuration, in order."""
+    """Evaluate ``model`` (on its own device) on every configuration, in order, with its head
+    ``head`` (None: the only head, else the one named 'default')."""
     device = model.r_max.device
     dtype = model.r_max.dtype
-    graphs = model_graphs(model, configs)
+    graphs = model_graphs(model, configs, head_index(model, head))
     predictions: List[Prediction] = []
     for start in range(0, len(graphs), batch_size):
         batch = batch_to_device(collate_graphs(graphs[start : start + batch_size]), device, dtype)

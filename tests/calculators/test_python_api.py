@@ -285,18 +285,23 @@ def test_heads(tmp_path: Path) -> None:
     path = saved_tiny_model(tmp_path / "tiny.model", seed=1)
     assert MACECalculator(model_paths=path, head="Default").head == "Default"
     assert MACECalculator(model_paths=path).available_heads == ["Default"]
-    with pytest.raises(ValueError, match="head='pt_head'.*one head, 'Default'"):
+    with pytest.raises(ValueError, match=r"head='pt_head': head 'pt_head' is not in the model; its heads are \['Default'\]"):
         MACECalculator(model_paths=path, head="pt_head")
 
     torch.manual_seed(1)
     named = tiny_model()
     named.heads = ["mp_pbe"]
     assert MACECalculator(models=named, head="mp_pbe").head == "mp_pbe"
-    with pytest.raises(ValueError, match="one head, 'mp_pbe'"):
+    assert MACECalculator(models=named).head == "mp_pbe"  # the only head
+    with pytest.raises(ValueError, match=r"its heads are \['mp_pbe'\]"):
         MACECalculator(models=named, head="Default")
-    named.heads = ["pt_head", "Default"]
-    with pytest.raises(NotImplementedError, match="several heads"):
-        MACECalculator(models=named)
+    several = tiny_model(heads=["pt_head", "omat"])
+    with pytest.raises(ValueError, match=r"several heads \['pt_head', 'omat'\]: choose one"):
+        MACECalculator(models=several)
+    assert MACECalculator(models=several, head="omat").head == "omat"
+    other = tiny_model(heads=["pt_head", "mp"])
+    with pytest.raises(ValueError, match="name their heads differently"):
+        MACECalculator(models=[several, other], head="omat")
 
 
 @pytest.mark.parametrize(

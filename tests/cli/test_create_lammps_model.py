@@ -19,7 +19,8 @@ from mace.modules import load_model, save_model
 from mace.modules.export import save_scripted
 from tests.adapters.conftest import float64_single_thread_without_jit_optimisation  # noqa: F401 (autouse)
 from tests.adapters.conftest import perturb_trainable
-from tests.modules.helpers import ELEMENTS, batch_of, random_molecule, tiny_model
+from mace.modules.heads import select_head
+from tests.modules.helpers import ELEMENTS, batch_of, multihead_model, random_molecule, tiny_model
 from tests.shared import shared_folder_or_skip, upstream_python_or_skip
 
 # An upstream mace-torch 0.3.16 to write reference files with; the test that needs it skips without it.
@@ -116,12 +117,26 @@ def test_an_mmea_model_in_float32_tells_lammps_its_dtype(tmp_path: Path, capsys)
     assert float((output["total_energy_local"].detach().double() - expected["energy"].detach()).abs().max()) < 1e-3
 
 
+def test_a_multihead_model_runs_its_last_head_unless_another_is_named(tmp_path: Path, capsys) -> None:
+    model = multihead_model()
+    save_model(model, tmp_path / "multihead.model")
+    batch = batch_of([crystal()], model)
+    num_atoms = batch["positions"].shape[0]
+    for argv, index in (([], 2), (["--head", "pt_head"], 0)):
+        assert create([str(tmp_path / "multihead.model"), *argv], capsys) == 0
+        lammps = torch.jit.load(str(tmp_path / "multihead.model-lammps.pt"))
+        output = lammps(lammps_input(batch), torch.ones(num_atoms, dtype=torch.bool), False)
+        expected = select_head(model, index)(dict(batch))
+        assert float((output["total_energy_local"].detach() - expected["energy"].detach()).abs().max()) < 1e-10
+        assert float((output["forces"].detach() - expected["forces"].detach()).abs().max()) < 1e-10
+
+
 def test_what_cannot_be_written_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     model = saved_model(tmp_path / "tiny.model")
     save_scripted(model, tmp_path / "tiny_compiled.model")
     capsys.readouterr()
     for argv, message in (
-        ([str(tmp_path / "tiny.model"), "--head", "pt_head"], "head 'pt_head': the model has one head, 'Default'"),
+        ([str(tmp_path / "tiny.model"), "--head", "pt_head"], "head 'pt_head' is not in the model; its heads are ['Default']"),
         ([str(tmp_path / "tiny.model"), "--format", "mliap"], "--format mliap: only 'libtorch'"),
         ([str(tmp_path / "tiny_compiled.model")], "already a TorchScript file"),
         ([str(tmp_path / "missing.model")], "does not exist"),

@@ -4,8 +4,12 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+import torch
 
 from mace.cli import eval_configs
+from mace.modules.heads import select_head
+from mace.modules.predict import predict
+from tests.modules.helpers import multihead_model, random_molecule
 
 
 def conformance_pair(shared: Path):
@@ -61,3 +65,26 @@ def test_a_non_finite_prediction_is_an_error_naming_the_configuration(shared_dir
     err = capsys.readouterr().err
     assert err.startswith("ERROR: The model predicts a non-finite energy or forces") and "configuration 2" in err
     assert err.count("\n") == 1 and not output.exists()
+
+
+@pytest.mark.usefixtures("float64_default")
+def test_head_chooses_the_head_of_a_multihead_model(tmp_path: Path, capsys) -> None:
+    model = multihead_model()
+    torch.save(model, tmp_path / "multihead.model")
+    rng = np.random.default_rng(2)
+    molecules = [random_molecule(rng) for _ in range(3)]
+    frames = [ase.Atoms(numbers=m.atomic_numbers, positions=m.positions) for m in molecules]
+    ase.io.write(tmp_path / "in.xyz", frames)
+    argv = ["--configs", str(tmp_path / "in.xyz"), "--model", str(tmp_path / "multihead.model"),
+            "--output", str(tmp_path / "out.xyz")]
+    with pytest.raises(SystemExit) as exit_info:
+        eval_configs.main([*argv, "--head", "mine"])
+    assert exit_info.value.code == 0
+    written = ase.io.read(tmp_path / "out.xyz", index=":")
+    for atoms, expected in zip(written, predict(select_head(model, 2), molecules)):
+        assert atoms.info["MACE_energy"] == pytest.approx(expected.energy, abs=1e-8)
+        np.testing.assert_allclose(atoms.arrays["MACE_forces"], expected.forces, atol=1e-8)
+    with pytest.raises(SystemExit) as exit_info:
+        eval_configs.main([*argv, "--head", "nope"])
+    assert exit_info.value.code == 1
+    assert "head 'nope' is not in the model" in capsys.readouterr().err

@@ -14,7 +14,9 @@ from mace.modules import load_model
 from mace.core.errors import UserInputError
 from mace.adapters.prepare import PUBLISHED_MODELS, resolve_foundation_path
 from mace.adapters.foundation import restrict_to_elements
+from mace.modules.models import model_heads
 from mace.modules.predict import predict
+from tests.modules.helpers import multihead_model
 
 FOUNDATION = "conformance/models/small_v0316.model"
 ASPIRIN = "repro_data/dataset/dataset_rmd17/revised_aspirin/train.xyz"
@@ -93,6 +95,44 @@ def test_mmea_keeps_foundation_weights_bitwise(shared_dir: Path, workdir: Path) 
             assert torch.equal(finetuned[wrapped], value), name
             compared += 1
     assert compared >= 8
+
+
+@pytest.mark.usefixtures("float64_default")
+def test_a_multihead_foundation_is_fine_tuned_from_the_chosen_head(shared_dir: Path, workdir: Path, capsys) -> None:
+    torch.save(multihead_model(), workdir / "multihead.model")
+    assert finetune(shared_dir, "heads", ["--foundation_model=multihead.model", "--foundation_head=mine"]) == 0
+    log = (workdir / "logs" / "heads_run-123.log").read_text()
+    assert "Selecting the head 'mine' of ['pt_head', 'Default', 'mine'] as the foundation head" in log
+    model = load_model(workdir / "heads.model", dtype=torch.float64)
+    assert model_heads(model) == ["mine"]
+    frames = ase.io.read(workdir / "test.xyz", index=":")
+    rebuilt = load_adapted_model("multihead.model", "heads_adapter.pt")
+    for ours, theirs in zip(energies_and_forces(model, frames), energies_and_forces(rebuilt, frames)):
+        np.testing.assert_allclose(ours, theirs, atol=1e-10, rtol=0)
+    assert float(model.scale_shift.scale) == 1.1 and float(model.scale_shift.shift) == 0.05  # the head's own
+
+    assert finetune(shared_dir, "nohead", ["--foundation_model=multihead.model", "--foundation_head=nope"]) == 1
+    assert "head 'nope' is not in the model; its heads are ['pt_head', 'Default', 'mine']" in capsys.readouterr().err
+    assert not (workdir / "nohead.model").exists()
+
+
+def test_the_kept_foundation_head_predicts_exactly_the_foundation(shared_dir: Path, workdir: Path) -> None:
+    assert finetune(shared_dir, "kept", ["--keep_foundation_head=True"]) == 0
+    frames = ase.io.read(workdir / "test.xyz", index=":")
+    configs = [config_from_atoms(atoms) for atoms in frames]
+    two_heads = load_model(workdir / "kept.model", dtype=torch.float64)
+    assert model_heads(two_heads) == ["foundation", "Default"]
+    foundation = load_model(shared_dir / FOUNDATION, dtype=torch.float64)  # the file itself, all its elements
+    fine_tuned = load_adapted_model(shared_dir / FOUNDATION, workdir / "kept_adapter.pt")
+    compiled = torch.jit.load(str(workdir / "kept_compiled.model"))
+    for head, reference in (("foundation", foundation), ("Default", fine_tuned), (None, fine_tuned)):
+        expected = predict(reference, configs)
+        for model in (two_heads, compiled):
+            predicted = predict(model, configs, head=head)
+            for ours, theirs in zip(predicted, expected):
+                assert abs(ours.energy - theirs.energy) < 1e-12 * abs(theirs.energy)
+                np.testing.assert_allclose(ours.forces, theirs.forces, atol=1e-12, rtol=0)
+    assert abs(predict(foundation, configs)[0].energy - predict(fine_tuned, configs)[0].energy) > 1e-3
 
 
 def test_elements_missing_from_foundation_are_listed(shared_dir: Path, workdir: Path, capsys) -> None:

@@ -10,6 +10,7 @@ from mace.modules import MACE, RealAgnosticInteractionBlock, RealAgnosticResidua
 from mace.core.atomic_numbers import AtomicNumberTable
 
 ELEMENTS = (1, 6, 8)
+HEADS = ["pt_head", "Default", "mine"]
 
 
 def tiny_model(
@@ -46,6 +47,23 @@ def tiny_model(
     if scale_shift:
         return ScaleShiftMACE(atomic_inter_scale=1.3, atomic_inter_shift=0.1, **kwargs)
     return MACE(**kwargs)
+
+
+def multihead_model(heads: Sequence[str] = HEADS, **options: Any) -> MACE:
+    """A tiny three-head model with every weight random (readouts included) and distinct E0s
+    and scale/shift per head."""
+    torch.manual_seed(3)
+    model = tiny_model(
+        heads=heads,
+        atomic_energies=np.array([[-1.5, -10.0, -20.0], [-1.0, -11.0, -19.0], [-2.0, -9.0, -21.0]])[: len(heads)],
+        **options,
+    )
+    model.scale_shift.scale = torch.tensor([1.3, 0.7, 1.1][: len(heads)])
+    model.scale_shift.shift = torch.tensor([0.1, -0.2, 0.05][: len(heads)])
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    return model
 
 
 def random_molecule(rng: np.random.Generator, num_atoms: int = 6, elements: Sequence[int] = ELEMENTS) -> Configuration:
