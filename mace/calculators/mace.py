@@ -18,7 +18,6 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
-from e3nn import o3
 
 from mace.core.errors import UserInputError
 from mace.data import Configuration, batch_to_device, collate_graphs, config_from_atoms
@@ -26,7 +25,7 @@ from mace.modules.export import is_torchscript_file, script_model
 from mace.modules.loading import load_model
 from mace.modules.heads import head_index
 from mace.modules.models import model_heads
-from mace.modules.predict import Prediction, model_graphs, predict
+from mace.modules.predict import Prediction, model_graphs, node_descriptors, predict
 
 PathLike = Union[str, Path]
 
@@ -34,7 +33,6 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # compile_mode values: None (eager) or TorchScript. Upstream passes any other value to
 # torch.compile as its mode, which this version refuses.
 TORCHSCRIPT_MODES = ("script",)
-SCALAR = o3.Irrep("0e")
 
 
 class CalculatorInputError(UserInputError, ValueError):
@@ -106,15 +104,6 @@ def node_e0s(model: torch.nn.Module, atomic_numbers: np.ndarray, head: int = 0) 
     table = torch.atleast_2d(model.atomic_energies_fn.atomic_energies)[head].detach().cpu().numpy()
     index = {int(z): i for i, z in enumerate(model.atomic_numbers.tolist())}
     return np.array([table[index[int(z)]] for z in atomic_numbers], dtype=float)
-
-
-def scalar_columns(irreps: o3.Irreps) -> List[int]:
-    """The columns of a feature vector of ``irreps`` that hold invariant (0e) channels."""
-    columns: List[int] = []
-    for (mul, irrep), block in zip(irreps, irreps.slices()):
-        if irrep == SCALAR:
-            columns.extend(range(block.start, block.stop))
-    return columns
 
 
 class MACECalculator(Calculator):
@@ -314,15 +303,12 @@ class MACECalculator(Calculator):
             raise UnsupportedOptionError(
                 "get_descriptors needs the model file (NAME.model): a TorchScript model computes energies and forces only"
             )
-        layer_irreps = member.layer_irreps()
-        total = len(layer_irreps)
+        total = len(member.layer_irreps())
         if num_layers == -1:
             num_layers = total
         if not 1 <= num_layers <= total:
             raise CalculatorInputError(f"num_layers={num_layers}: the model has {total} layers (or pass -1 for all)")
-        batch = batch_to_device(collate_graphs(model_graphs(member, [config])), self.device, model_dtype(member))
-        with torch.no_grad():
-            layers = member.node_features(batch)[:num_layers]
-        if invariants_only:
-            layers = [feats[:, scalar_columns(irreps)] for feats, irreps in zip(layers, layer_irreps)]
-        return torch.cat(layers, dim=-1).cpu().numpy()
+        batch = batch_to_device(
+            collate_graphs(model_graphs(member, [config], self.head_index)), self.device, model_dtype(member)
+        )
+        return node_descriptors(member, batch, invariants_only, num_layers).cpu().numpy()

@@ -4,12 +4,15 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from e3nn import o3
 
 from mace.data import Configuration, batch_to_device, collate_graphs
 from mace.data.graph import graphs_of
 from mace.core.atomic_numbers import AtomicNumberTable
 from mace.core.errors import UserInputError
 from mace.modules.heads import head_index
+
+SCALAR = o3.Irrep("0e")
 
 
 @dataclass
@@ -59,6 +62,43 @@ def predict(
         predictions.extend(_split_batch_output(batch, output, compute_stress))
     _check_finite(predictions)
     return predictions
+
+
+def scalar_columns(irreps: o3.Irreps) -> List[int]:
+    """The columns of a feature vector of ``irreps`` that hold invariant (0e) channels."""
+    return [
+        column
+        for (_, irrep), block in zip(irreps, irreps.slices())
+        if irrep == SCALAR
+        for column in range(block.start, block.stop)
+    ]
+
+
+def node_descriptors(
+    model: torch.nn.Module, batch: Dict[str, torch.Tensor], invariants_only: bool = True, num_layers: int = -1
+) -> torch.Tensor:
+    """Per-atom descriptors [n_atoms, features]: the node features after each of the first
+    ``num_layers`` layers (-1: all), side by side; ``invariants_only`` keeps their 0e channels."""
+    layer_irreps = model.layer_irreps()
+    num_layers = len(layer_irreps) if num_layers == -1 else num_layers
+    with torch.no_grad():
+        layers = model.node_features(batch)[:num_layers]
+    if invariants_only:
+        layers = [features[:, scalar_columns(irreps)] for features, irreps in zip(layers, layer_irreps)]
+    return torch.cat(layers, dim=-1)
+
+
+def invariant_descriptors(
+    model: torch.nn.Module, configs: Sequence[Configuration], head: int = 0, batch_size: int = 16
+) -> List[np.ndarray]:
+    """Each configuration's invariant per-atom descriptors (:func:`node_descriptors`), in batches."""
+    graphs = model_graphs(model, configs, head)
+    descriptors: List[np.ndarray] = []
+    for start in range(0, len(graphs), batch_size):
+        batch = batch_to_device(collate_graphs(list(graphs[start : start + batch_size])), model.r_max.device, model.r_max.dtype)
+        features = node_descriptors(model, batch).cpu().numpy()
+        descriptors.extend(np.split(features, batch["ptr"][1:-1].cpu().numpy()))
+    return descriptors
 
 
 def _check_finite(predictions: Sequence[Prediction]) -> None:
