@@ -81,6 +81,22 @@ def test_each_method_writes_its_outputs_and_rebuilds(shared_dir: Path, workdir: 
     np.testing.assert_allclose(reference[1], energies_and_forces(applied, frames)[1], atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("foundation", ["mpres_v0316", "densityzbl_v0316"])
+@pytest.mark.parametrize("method", ["mmea", "elora", "lora", "none"])
+def test_every_method_fine_tunes_the_newest_foundation_architectures(
+    shared_dir: Path, workdir: Path, foundation: str, method: str
+) -> None:
+    path = shared_dir / "conformance-foundations" / "models" / f"{foundation}.model"
+    assert finetune(shared_dir, method, [f"--foundation_model={path}", f"--adapter={method}", "--max_num_epochs=1"]) == 0
+    log = (workdir / "logs" / f"{method}_run-123.log").read_text()
+    assert f"Fine-tuning with adapter '{method}'" in log and "trainable of" in log
+    model = load_model(workdir / f"{method}.model", dtype=torch.float64)
+    frames = ase.io.read(workdir / "test.xyz", index=":")
+    rebuilt = load_adapted_model(path, workdir / f"{method}_adapter.pt")
+    for ours, theirs in zip(energies_and_forces(model, frames), energies_and_forces(rebuilt, frames)):
+        np.testing.assert_allclose(ours, theirs, atol=1e-10, rtol=0)
+
+
 def test_mmea_keeps_foundation_weights_bitwise(shared_dir: Path, workdir: Path) -> None:
     assert finetune(shared_dir, "frozen", []) == 0
     finetuned = load_model(workdir / "frozen.model", dtype=torch.float64).state_dict()
