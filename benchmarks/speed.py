@@ -173,7 +173,8 @@ def build_off23(path: Path, upstream_python: Optional[str], threads: int) -> str
     """The OFF23-shaped file, by upstream's constructor when its environment is given."""
     python, code, writer = (upstream_python, UPSTREAM_BUILD, "upstream") if upstream_python else (sys.executable, OUR_BUILD, "ours")
     if not path.is_file():
-        subprocess.run([python, "-c", code, json.dumps(OFF23_KEYWORDS), str(path)], check=True, cwd=REPO,
+        # run outside the repository: there, `python -c` would import this package as `mace`
+        subprocess.run([python, "-c", code, json.dumps(OFF23_KEYWORDS), str(path)], check=True, cwd=path.parent,
                        env=child_environment(threads), capture_output=True, timeout=600)
     return writer
 

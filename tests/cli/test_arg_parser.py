@@ -199,7 +199,7 @@ def test_seed_command_parses_on_cpu():
     assert args.E0s == "average" and args.error_table == "TotalMAE" and args.loss == "ef"
     settings = adapter_settings(args, environ={})
     assert settings == AdapterSettings(
-        method="mmea", config=MMEAConfig(rank=16, std=None, init=None, phi="exp", lora_rank=16, lora_alpha=16.0)
+        method="mmea", config=MMEAConfig(rank=16, std=0.001, init=None, phi="exp", lora_rank=16, lora_alpha=16.0)
     )
     assert args.adapter_settings == settings
 
@@ -505,7 +505,9 @@ def test_mmea_phi_env_and_flag_precedence():
 @pytest.mark.parametrize(
     "extra,environ,init,std",
     [
-        ([], {}, "default", None),
+        ([], {}, "normal", 0.001),
+        (["--mmea_init", "default"], {}, "default", 0.001),
+        (["--mmea_init", "default"], {"MMEA_STD": "0"}, "default", 0.0),
         ([], {"MMEA_STD": "0.001"}, "normal", 0.001),
         ([], {"MMEA_STD": "0"}, "zero", 0.0),
         (["--mmea_std", "0.01"], {"MMEA_STD": "0.001"}, "normal", 0.01),
