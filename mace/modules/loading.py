@@ -15,7 +15,7 @@ import torch
 
 from mace.data import Configuration
 from mace.modules.heads import ModelHeads
-from mace.modules.models import MACE
+from mace.modules.models import MACE, model_heads
 from mace.modules.safe_pickle import ForbiddenGlobal, safe_torch_load
 from mace.core.errors import UserInputError, one_line
 from mace.core.files import atomic_torch_save
@@ -57,12 +57,13 @@ def _check_values(model: MACE, path: Path) -> None:
 
 
 def _check_evaluates(model: MACE, path: Path) -> None:
-    """One forward on two atoms: a damaged file that still unpickles fails here, in one line,
-    not with an arbitrary traceback in the middle of a run."""
+    """One forward on two atoms with each head: a damaged file that still unpickles fails
+    here, in one line, not with an arbitrary traceback in the middle of a run."""
     element = int(model.atomic_numbers[0])
     pair = Configuration(atomic_numbers=np.array([element, element]), positions=np.array([[0.0, 0, 0], [0, 0, 1.0]]))
     try:
-        predict(model, [pair])
+        for head in model_heads(model):
+            predict(model, [pair], head=head)
     except Exception as error:  # whatever a damaged module raises
         raise UserInputError(
             f"Model file '{path}' holds a model that cannot be evaluated ({one_line(error)})"

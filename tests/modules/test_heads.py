@@ -207,5 +207,8 @@ def test_model_heads_files_load_and_the_calculator_chooses_their_head(molecules,
     atoms.calc = MACECalculator(model_paths=tmp_path / "two.model", head="foundation", default_dtype="float64")
     assert atoms.get_potential_energy() == expected.energy
     assert atoms.calc.get_descriptors(atoms).shape[0] == len(atoms)
+    no_default = ModelHeads([first, tiny_model()], ["foundation", "mine"])  # every head is checked on loading
+    save_model(no_default, tmp_path / "named.model")
+    assert model_heads(load_model(tmp_path / "named.model", dtype=torch.float64)) == ["foundation", "mine"]
     with pytest.raises(ValueError, match="same elements"):
         ModelHeads([tiny_model(), tiny_model(atomic_numbers=(1, 6, 7))], ["a", "b"])
