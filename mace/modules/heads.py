@@ -22,15 +22,19 @@ FOUNDATION_HEAD = "foundation"  # the unchanged foundation kept beside a fine-tu
 
 def head_index(model: torch.nn.Module, head: Optional[str]) -> int:
     """The index of ``head`` in the model; None picks upstream's default: the only head, else
-    the one named 'default' (any case), else an error listing the heads."""
+    the one named 'default' (any case); beside a kept foundation head (:data:`FOUNDATION_HEAD`,
+    our own) the fine-tuned head; else an error listing the heads."""
     heads = model_heads(model)
     if head is None:
         if len(heads) == 1:
             return 0
         defaults = [i for i, name in enumerate(heads) if name.lower() == "default"]
-        if not defaults:
-            raise UserInputError(f"the model has several heads {heads}: choose one (--head / head=)")
-        return defaults[0]
+        fine_tuned = [i for i, name in enumerate(heads) if name != FOUNDATION_HEAD]
+        if defaults:
+            return defaults[0]
+        if len(heads) == 2 and len(fine_tuned) == 1:
+            return fine_tuned[0]
+        raise UserInputError(f"the model has several heads {heads}: choose one (--head / head=)")
     if head not in heads:
         raise UserInputError(f"head '{head}' is not in the model; its heads are {heads}")
     return heads.index(head)

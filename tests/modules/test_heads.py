@@ -209,6 +209,7 @@ def test_model_heads_files_load_and_the_calculator_chooses_their_head(molecules,
     assert atoms.calc.get_descriptors(atoms).shape[0] == len(atoms)
     no_default = ModelHeads([first, tiny_model()], ["foundation", "mine"])  # every head is checked on loading
     save_model(no_default, tmp_path / "named.model")
-    assert model_heads(load_model(tmp_path / "named.model", dtype=torch.float64)) == ["foundation", "mine"]
+    named = load_model(tmp_path / "named.model", dtype=torch.float64)
+    assert model_heads(named) == ["foundation", "mine"] and head_index(named, None) == 1  # the fine-tuned head
     with pytest.raises(ValueError, match="same elements"):
         ModelHeads([tiny_model(), tiny_model(atomic_numbers=(1, 6, 7))], ["a", "b"])
