@@ -114,8 +114,9 @@ class MACECalculator(Calculator):
     ``energies``, ``energy_var``, ``forces_comm``, ``forces_var``, ``stress_comm`` and
     ``stress_var``). ``models`` (or ``model``) gives modules already in memory instead.
     ``default_dtype``: 'float64', 'float32', or '' for the dtype the file holds. ``head``: the
-    head to evaluate; None: the only head, else the one named 'default'. ``energy_units_to_eV`` and ``length_units_to_A`` convert
-    a model trained in other units to ASE's eV and Angstrom. Stress is computed only for
+    head to evaluate; None: the only head, else the one named 'default'.
+    ``energy_units_to_eV`` and ``length_units_to_A`` convert a model trained in other units
+    to ASE's eV and Angstrom. Stress is computed only for
     periodic structures. ``trust_pickle=True`` reads the model files without the safe
     loader's restrictions: only for files you trust (see :func:`mace.modules.loading.load_model`).
     A TorchScript file (``torch.jit.save``, e.g. ``NAME_compiled.model``) is read with
@@ -165,8 +166,8 @@ class MACECalculator(Calculator):
             self.models = [m if is_scripted(m) else script_model(m) for m in self.models]
         self.num_models = len(self.models)
         self.available_heads = model_heads(self.models[0])
-        self.head = self._check_head(head)
-        self.head_index = self.available_heads.index(self.head)
+        self.head_index = self._check_head(head)
+        self.head = self.available_heads[self.head_index]
         self.r_max = float(self.models[0].r_max)
 
         self.implemented_properties = ["energy", "free_energy", "node_energy", "forces", "stress"]
@@ -216,15 +217,15 @@ class MACECalculator(Calculator):
             return members
         return [load_model_file(path, dtype, trust_pickle) for path in model_file_paths(model_paths)]
 
-    def _check_head(self, head: Optional[str]) -> str:
-        """The head to evaluate (see :func:`mace.modules.heads.head_index`); a committee's
-        models must name the same heads."""
+    def _check_head(self, head: Optional[str]) -> int:
+        """The index of the head to evaluate (see :func:`mace.modules.heads.head_index`); a
+        committee's models must name the same heads."""
         for member in self.models:
             heads = model_heads(member)
             if heads != self.available_heads:
                 raise CalculatorInputError(f"the committee's models name their heads differently: {heads} and {self.available_heads}")
         try:
-            return self.available_heads[head_index(self.models[0], head)]
+            return head_index(self.models[0], head)
         except UserInputError as exc:
             raise CalculatorInputError(f"head={head!r}: {exc}") from exc
 
