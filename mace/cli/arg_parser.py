@@ -427,7 +427,7 @@ def _add_loss_flags(parser: argparse.ArgumentParser) -> None:
     """Loss function and the weight of each term, before and during SWA."""
     g = parser.add_argument_group("loss")
     _value(g, "--loss", str, "weighted",
-           "Training loss; the dipole losses and 'universal' are not supported.",
+           "Training loss ('universal': Huber terms as upstream's multi-head fine-tuning); the dipole losses are not supported.",
            choices=["ef", "weighted", "forces_only", "virials", "stress", "dipole", "huber",
                     "universal", "energy_forces_dipole"])
     weights = [("forces", 100.0, 100.0), ("energy", 1.0, 1000.0), ("virials", 1.0, 10.0),
@@ -686,9 +686,6 @@ def _unsupported_feature_errors(args: argparse.Namespace) -> Iterator[str]:
                "ScaleShiftMACE (no BOTNet or dipole models)")
     if args.loss in ("dipole", "energy_forces_dipole"):
         yield f"--loss {args.loss} is not supported: this fork has no dipole models"
-    if args.loss == "universal":
-        yield ("--loss universal is not supported; use weighted, ef, forces_only, huber, "
-               "stress or virials")
     if args.error_table in ("DipoleRMSE", "DipoleMAE", "EnergyDipoleRMSE"):
         yield f"--error_table {args.error_table} is not supported: this fork has no dipole models"
     if args.wandb:

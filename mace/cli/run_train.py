@@ -232,7 +232,9 @@ def build_trainer(
     loss_fn = build_loss(args.loss, args.energy_weight, args.forces_weight, args.stress_weight, args.virials_weight, args.huber_delta)
     swa = None
     if args.swa:
-        swa_loss = build_stage_two_loss(args.loss, args.swa_energy_weight, args.swa_forces_weight, args.swa_stress_weight, args.swa_virials_weight)
+        swa_loss = build_stage_two_loss(
+            args.loss, args.swa_energy_weight, args.swa_forces_weight, args.swa_stress_weight, args.swa_virials_weight, args.huber_delta,
+        )
         swa = SWASettings(
             start_epoch=args.start_swa, loss_fn=swa_loss, lr=args.swa_lr,
             end_epoch=args.max_num_epochs, schedule=args.swa_lr_schedule,

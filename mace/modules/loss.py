@@ -143,8 +143,55 @@ class WeightedHuberEnergyForcesStressLoss(torch.nn.Module):
         return loss
 
 
+def _huber(difference: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Elementwise Huber loss of ``difference`` with a delta that may differ per element."""
+    size = difference.abs()
+    return torch.where(size <= delta, 0.5 * difference.square(), delta * (size - 0.5 * delta))
+
+
+# Upstream's conditional Huber loss on forces: the larger an atom's reference force (eV/A),
+# the smaller the delta, by these factors of --huber_delta over [0, 100), [100, 200), [200, 300), beyond.
+FORCE_HUBER_BOUNDS = (100.0, 200.0, 300.0)
+FORCE_HUBER_FACTORS = (1.0, 0.7, 0.4, 0.1)
+
+
+def conditional_huber_forces(reference: torch.Tensor, predicted: torch.Tensor, huber_delta: float) -> torch.Tensor:
+    bounds = torch.tensor(FORCE_HUBER_BOUNDS, dtype=reference.dtype, device=reference.device)
+    factors = torch.tensor(FORCE_HUBER_FACTORS, dtype=reference.dtype, device=reference.device)
+    bucket = torch.bucketize(torch.linalg.norm(reference, dim=-1), bounds, right=True)
+    delta = (huber_delta * factors[bucket]).unsqueeze(-1)
+    return torch.mean(_huber(predicted - reference, delta))
+
+
+class UniversalLoss(torch.nn.Module):
+    """'universal' (upstream's loss of multi-head replay fine-tuning): Huber losses on per-atom
+    energies, forces (delta shrinking with the reference force, :func:`conditional_huber_forces`)
+    and stress, each label scaled by its per-frame weight inside the Huber function, as upstream
+    (the configuration weight does not enter)."""
+
+    def __init__(self, energy_weight: float, forces_weight: float, stress_weight: float, huber_delta: float) -> None:
+        super().__init__()
+        self.energy_weight = energy_weight
+        self.forces_weight = forces_weight
+        self.stress_weight = stress_weight
+        self.huber_delta = huber_delta
+
+    def forward(self, batch: Batch, output: Output) -> torch.Tensor:
+        delta = torch.tensor(self.huber_delta, dtype=batch["energy"].dtype, device=batch["energy"].device)
+        atoms = _atoms_per_graph(batch)
+        energy_weights = batch["energy_weight"]
+        energy = torch.mean(_huber(energy_weights * (output["energy"] - batch["energy"]) / atoms, delta))
+        forces_weights = _per_node(batch, batch["forces_weight"])
+        forces = conditional_huber_forces(forces_weights * batch["forces"], forces_weights * output["forces"], self.huber_delta)
+        loss = self.energy_weight * energy + self.forces_weight * forces
+        if output.get("stress") is not None:
+            stress_weights = batch["stress_weight"].view(-1, 1, 1)
+            loss = loss + self.stress_weight * torch.mean(_huber(stress_weights * (output["stress"] - batch["stress"]), delta))
+        return loss
+
+
 def needs_stress(loss_fn: torch.nn.Module) -> bool:
-    return isinstance(loss_fn, (WeightedEnergyForcesStressLoss, WeightedHuberEnergyForcesStressLoss))
+    return isinstance(loss_fn, (WeightedEnergyForcesStressLoss, WeightedHuberEnergyForcesStressLoss, UniversalLoss))
 
 
 def needs_virials(loss_fn: torch.nn.Module) -> bool:
@@ -166,14 +213,16 @@ def build_loss(name: str, energy_weight: float, forces_weight: float, stress_wei
         return WeightedEnergyForcesVirialsLoss(energy_weight, forces_weight, virials_weight)
     if name == "huber":
         return WeightedHuberEnergyForcesStressLoss(energy_weight, forces_weight, stress_weight, huber_delta)
+    if name == "universal":
+        return UniversalLoss(energy_weight, forces_weight, stress_weight, huber_delta)
     raise ValueError(f"unsupported loss {name!r}")
 
 
 def build_stage_two_loss(name: str, energy_weight: float, forces_weight: float, stress_weight: float,
-                         virials_weight: float) -> torch.nn.Module:
+                         virials_weight: float, huber_delta: float = 0.01) -> torch.nn.Module:
     """The SWA-stage loss for --loss ``name``, with the --swa_* weights, as upstream chooses it.
 
-    Only 'stress' and 'virials' keep their own form; every other loss ('ef', 'weighted',
+    Only 'stress', 'virials' and 'universal' keep their own form; every other loss ('ef', 'weighted',
     'huber', ...) becomes the weighted per-atom energy + forces loss. For 'ef' this matters:
     its total-energy error times --swa_energy_weight (1000) would weigh energies n_atoms^2
     times more than upstream does. 'forces_only' has no energy term to switch to.
@@ -184,4 +233,6 @@ def build_stage_two_loss(name: str, energy_weight: float, forces_weight: float, 
         return WeightedEnergyForcesStressLoss(energy_weight, forces_weight, stress_weight)
     if name == "virials":
         return WeightedEnergyForcesVirialsLoss(energy_weight, forces_weight, virials_weight)
+    if name == "universal":
+        return UniversalLoss(energy_weight, forces_weight, stress_weight, huber_delta)
     return WeightedEnergyForcesLoss(energy_weight, forces_weight)

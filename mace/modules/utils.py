@@ -48,7 +48,8 @@ def forces_and_virials(
     cell: torch.Tensor,
     training: bool,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """F = -dE/dr; virials W = -dE/d(eps); stress = dE/d(eps) / V (ASE's sign convention)."""
+    """F = -dE/dr; virials W = -dE/d(eps); stress = dE/d(eps) / V (ASE's sign convention),
+    zero for a graph without a cell (a molecule: V = 0), where stress has no meaning."""
     inputs = [positions] if strain is None else [positions, strain]
     gradients = torch.autograd.grad(
         outputs=[energy.sum()],
@@ -63,7 +64,8 @@ def forces_and_virials(
     strain_gradient = _zero_if_none(gradients[1], strain)
     cells = cell.view(-1, 3, 3)
     volumes = torch.linalg.det(cells).abs().view(-1, 1, 1)
-    stress = strain_gradient / volumes
+    has_volume = volumes > 0
+    stress = torch.where(has_volume, strain_gradient / torch.where(has_volume, volumes, torch.ones_like(volumes)), torch.zeros_like(strain_gradient))
     return -forces, -strain_gradient, stress
 
 

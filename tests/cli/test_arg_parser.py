@@ -260,7 +260,6 @@ def test_override_and_irreps_errors(capsys, extra, flag):
         (["--model", "EnergyDipolesMACE"], "--model"),
         (["--loss", "dipole"], "--loss"),
         (["--loss", "energy_forces_dipole"], "--loss"),
-        (["--loss", "universal"], "--loss"),
         (["--error_table", "DipoleRMSE"], "--error_table"),
         (["--error_table", "DipoleMAE"], "--error_table"),
         (["--error_table", "EnergyDipoleRMSE"], "--error_table"),

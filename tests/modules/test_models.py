@@ -162,6 +162,19 @@ def test_stress_matches_finite_difference_of_strain() -> None:
         assert abs((energies[0] - energies[1]) / (2 * step) / volume - stress[i, j]) < 1e-7
 
 
+def test_stress_of_a_molecule_without_cell_is_zero_not_infinite() -> None:
+    """A molecule has no volume: its stress is 0 (losses weigh it out), while a crystal in the
+    same batch keeps its stress."""
+    model = tiny_model()
+    molecule = random_molecule(np.random.default_rng(8), num_atoms=5)
+    crystal = Configuration(molecule.atomic_numbers, molecule.positions % 4.5, cell=np.diag([4.5, 5.0, 5.5]), pbc=(True,) * 3)
+    output = model(batch_of([molecule, crystal], model), compute_stress=True)
+    assert torch.equal(output["stress"][0], torch.zeros(3, 3))
+    alone = model(batch_of([crystal], model), compute_stress=True)["stress"][0]
+    assert torch.allclose(output["stress"][1], alone, atol=1e-12, rtol=0)
+    assert alone.abs().max() > 0
+
+
 def test_missing_or_bad_model_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="does not exist"):
         load_model(tmp_path / "absent.model")

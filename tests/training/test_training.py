@@ -32,6 +32,7 @@ from mace.modules.loss import (
     WeightedEnergyForcesStressLoss,
     WeightedEnergyForcesVirialsLoss,
     WeightedHuberEnergyForcesStressLoss,
+    UniversalLoss,
     build_loss,
     build_stage_two_loss,
 )
@@ -139,6 +140,34 @@ def test_huber_loss_matches_the_piecewise_formula_on_per_atom_energies_and_force
     expected = 2.0 * _numpy_huber(de_atom, delta) + 5.0 * _numpy_huber(df, delta)
     loss = WeightedHuberEnergyForcesStressLoss(2.0, 5.0, 1.0, huber_delta=delta)
     assert loss(batch, output).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_universal_loss_is_upstream_s_formula() -> None:
+    """Label weights inside the Huber terms, the configuration weight left out, and the force
+    delta shrinking to 0.7 / 0.4 / 0.1 of --huber_delta for reference forces of 100 / 200 / 300+ eV/A."""
+    batch, output = hand_batch(np.random.default_rng(11), [2, 3], [5.0, 7.0], [1.0, 0.5], [2.0, 1.0])
+    batch["forces"][1] = torch.tensor([0.0, 150.0, 0.0])  # weighted norm 300: the 0.1 bucket
+    batch["forces"][2] = torch.tensor([120.0, 0.0, 0.0])  # forces weight 1: the 0.7 bucket
+    batch["forces"][3] = torch.tensor([0.0, 0.0, 250.0])  # the 0.4 bucket
+    output["forces"] = batch["forces"] + torch.tensor(np.random.default_rng(12).normal(scale=0.05, size=(5, 3)))
+    batch["stress"] = torch.tensor(np.random.default_rng(13).normal(size=(2, 3, 3)))
+    batch["stress_weight"] = torch.tensor([1.0, 0.0])
+    output["stress"] = torch.tensor(np.random.default_rng(14).normal(size=(2, 3, 3)))
+    delta = 0.01
+    atoms = np.array([2.0, 3.0])
+    energy_weights = batch["energy_weight"].numpy()
+    energy = _numpy_huber(energy_weights * (output["energy"] - batch["energy"]).numpy() / atoms, delta)
+    node_weights = batch["forces_weight"].numpy()[batch["batch"].numpy()][:, None]
+    reference, predicted = node_weights * batch["forces"].numpy(), node_weights * output["forces"].numpy()
+    factors = np.array([1.0, 0.1, 0.7, 0.4, 1.0])  # from the weighted reference force norms
+    forces = np.mean([[_numpy_huber(predicted[i, k] - reference[i, k], delta * factors[i]) for k in range(3)] for i in range(5)])
+    stress_weights = batch["stress_weight"].numpy()[:, None, None]
+    stress = _numpy_huber(stress_weights * (output["stress"] - batch["stress"]).numpy(), delta)
+    expected = 2.0 * energy + 30.0 * forces + 4.0 * stress
+    loss = build_loss("universal", 2.0, 30.0, 4.0, 1.0, delta)
+    assert type(loss) is UniversalLoss
+    assert loss(batch, output).item() == pytest.approx(expected, rel=1e-12)
+    assert build_stage_two_loss("universal", 2.0, 30.0, 4.0, 1.0, delta)(batch, output).item() == pytest.approx(expected, rel=1e-12)
 
 
 def unlabelled_copy(batch: Batch, output: Batch, graph: int, label: str) -> Tuple[Batch, Batch]:
