@@ -18,7 +18,7 @@ rebuilt e3nn modules get their weights rescaled by old/new path weight: outputs 
 """
 import copy
 from math import prod
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from ase.data import chemical_symbols
@@ -151,8 +151,9 @@ def restrict_to_elements(model: MACE, zs: Sequence[int]) -> MACE:
     return restricted
 
 
-def set_e0s(model: MACE, e0s: Dict[int, float]) -> None:
-    """Set the isolated-atom energies of every element of ``model`` (all heads), in place.
+def set_e0s(model: MACE, e0s: Dict[int, float], head: Optional[int] = None) -> None:
+    """Set the isolated-atom energies of every element of ``model``, in place: of the head
+    index ``head``, or of all heads (None).
 
     Entries for elements the model does not know are ignored; an element of the model
     without an entry is a user error, since it would silently keep the foundation's E0.
@@ -163,4 +164,7 @@ def set_e0s(model: MACE, e0s: Dict[int, float]) -> None:
         raise UserInputError(f"E0s are missing for element(s) {_symbols(missing)} of the model")
     buffer = model.atomic_energies_fn.atomic_energies
     values = torch.tensor([float(e0s[z]) for z in zs], dtype=buffer.dtype, device=buffer.device)
-    buffer.copy_(values.expand_as(buffer))
+    if head is None:
+        buffer.copy_(values.expand_as(buffer))
+    else:
+        torch.atleast_2d(buffer)[head].copy_(values)

@@ -11,7 +11,9 @@ An adapter file (``NAME_adapter.pt``) holds a plain dictionary, readable with
   ScaleShiftMACE, scale and shift;
 - ``readouts_trained``: the readouts were re-initialised and trained in full;
 - ``foundation_head``: the head of a multi-head foundation that was fine-tuned (files
-  without it: upstream's default head).
+  without it, or None: upstream's default head);
+- ``heads``: the heads of the fine-tuned model; several after replay fine-tuning, each
+  started as a copy of the foundation head (files without it: one head).
 Rebuilding repeats the fine-tuning preparation (select the head, restrict elements, inject the adapter),
 then loads those tensors, so the result predicts exactly as the fine-tuned model.
 """
@@ -24,7 +26,7 @@ import torch
 
 from mace.adapters import METHODS, AdapterConfig, inject_adapters, train_readouts
 from mace.modules.loading import load_model
-from mace.modules.heads import foundation_head_index, select_head
+from mace.modules.heads import expand_heads, foundation_head_index, select_head
 from mace.modules.models import MACE, model_heads
 from mace.core.errors import UserInputError, one_line
 from mace.core.files import atomic_torch_save, file_sha256
@@ -52,8 +54,12 @@ def save_adapter(
     settings: AdapterConfig,
     foundation_path: PathLike,
     readouts_trained: bool = False,
+    foundation_head: Optional[str] = None,
 ) -> None:
-    """Write the adapter of fine-tuned ``model`` (prepared from ``foundation_path``) to ``path``."""
+    """Write the adapter of fine-tuned ``model`` (prepared from ``foundation_path``) to ``path``;
+    ``foundation_head``: the --foundation_head it started from, needed only when the model's
+    heads were all made from it (replay fine-tuning), else the model's one head names it."""
+    heads = model_heads(model)
     payload = {
         "format": FORMAT,
         "method": method,
@@ -64,7 +70,8 @@ def save_adapter(
         "parameters": _trainable_tensors(model),
         "buffers": _finetuned_buffers(model),
         "readouts_trained": readouts_trained,
-        "foundation_head": model_heads(model)[0],
+        "foundation_head": heads[0] if len(heads) == 1 else foundation_head,
+        "heads": heads,
     }
     atomic_torch_save(payload, path)
 
@@ -134,6 +141,8 @@ def load_adapted_model(
     foundation = load_model(foundation_path, device=device, dtype=DTYPES[payload["dtype"]], trust_pickle=trust_pickle)
     foundation = select_head(foundation, foundation_head_index(foundation, payload.get("foundation_head")))
     model = restrict_to_elements(foundation, payload["atomic_numbers"])
+    if len(payload.get("heads", [])) > 1:
+        model = expand_heads(model, payload["heads"])
     method = payload["method"]
     inject_adapters(model, method, _settings(method, payload["settings"]))
     if payload.get("readouts_trained", False):

@@ -186,10 +186,12 @@ def set_finetuning_e0s(
     train: Sequence[Configuration],
     isolated_atom_e0s: Dict[int, float],
     table: AtomicNumberTable,
+    head: Optional[int] = None,
 ) -> None:
     """E0s of a fine-tuning run, as upstream: 'estimated' fits the residual of the foundation
     (see above), 'foundation' keeps the foundation's, 'average' fits the raw training energies;
-    a dict or IsolatedAtom frames are used as given, and without either the foundation's stay."""
+    a dict or IsolatedAtom frames are used as given, and without either the foundation's stay.
+    ``head``: the head index they are for (a replay fine-tune keeps the pretraining head's); None: all."""
     if spec == "estimated":
         e0s = residual_average_e0s(model, [c for c in train if has_label(c, "energy")], table)
         logging.info(
@@ -201,7 +203,7 @@ def set_finetuning_e0s(
         return
     else:
         e0s = resolve_e0s(spec, train, isolated_atom_e0s, table)
-    set_e0s(model, e0s)
+    set_e0s(model, e0s, head)
 
 
 def apply_adapters(model: MACE, settings: AdapterSettings, readouts_trained: bool) -> MACE:

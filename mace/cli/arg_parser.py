@@ -77,25 +77,21 @@ def float_or_none(value: str) -> Optional[float]:
         raise argparse.ArgumentTypeError(f"expected a number or None, got {value!r}") from exc
 
 
-# Upstream (0.3.16) flags of multi-head fine-tuning with replay data, which this fork does
-# not have: flag -> (type, default, choices). Only their defaults are accepted.
+# Upstream (0.3.16) flags of multi-head replay fine-tuning that this fork does not have:
+# flag -> (type, default, choices). Only their defaults are accepted.
 MULTIHEAD_REPLAY_FLAGS: Dict[str, Tuple[Any, Any, Optional[List[str]]]] = {
     "heads": (str, None, None),
-    "pt_train_file": (str, None, None),
-    "num_samples_pt": (int, 10000, None),
-    "subselect_pt": (str, "random", ["fps", "random"]),
-    "filter_type_pt": (str, "none", ["none", "combinations", "inclusive", "exclusive"]),
-    "force_mh_ft_lr": (str2bool, False, None),
-    "weight_pt_head": (float, 1.0, None),
-    "real_pt_data_ratio_threshold": (float, 0.1, None),
-    "pt_valid_file": (str, None, None),
     "pseudolabel_replay": (str2bool, False, None),
     "pseudolabel_replay_compute_stress": (str2bool, False, None),
-    "skip_evaluate_heads": (str, "pt_head", None),
     "head_key": (str, "head", None),
     "foundation_filter_elements": (str2bool, True, None),
     "foundation_model_kwargs": (str, "{}", None),
 }
+
+# Upstream's replay sets, which its run_train downloads by these names: not fetched here.
+PUBLISHED_REPLAY_SETS = ("mp", "omat", "matpes_pbe", "matpes_r2scan")
+# Settings upstream applies only when it selects frames of a downloaded replay set.
+REPLAY_SELECTION_FLAGS = {"num_samples_pt": 10000, "subselect_pt": "random", "filter_type_pt": "none"}
 
 
 def _literal(text: str, flag: str) -> Any:
@@ -516,9 +512,38 @@ def _add_finetuning_flags(parser: argparse.ArgumentParser) -> None:
            "Keep every element of the foundation model (true/false); only false is accepted: "
            "the foundation is restricted to the data's elements, or to --atomic_numbers.")
     _value(g, "--multiheads_finetuning", str2bool, False,
-           "Upstream's multi-head fine-tuning, which replays the foundation's training data in "
-           "a second head (true/false; upstream 0.3.16 defaults to true). Only false is "
-           "accepted: this fork fine-tunes the one head, with adapters.")
+           "Upstream's multi-head replay fine-tuning (true/false; upstream 0.3.16 defaults to "
+           "true, this fork to false, see --keep_foundation_head): the model gets a second "
+           "head 'pt_head' that trains on --pt_train_file while head 'Default' trains on "
+           "--train_file, so the shared layers keep fitting the pretraining data. As upstream "
+           "it sets --loss universal and, unless --force_mh_ft_lr, --lr 0.0001 --ema "
+           "--ema_decay 0.99999.")
+    _value(g, "--pt_train_file", str, None,
+           "Replay fine-tuning: the pretraining configurations (extxyz, or preprocessed HDF5), "
+           "read with the same keys as --train_file. Make a subset with "
+           "python -m mace.cli.fine_tuning_select. Upstream's downloaded sets "
+           f"({', '.join(PUBLISHED_REPLAY_SETS)}) are not fetched: give a file.")
+    _value(g, "--pt_valid_file", str, None,
+           "Replay fine-tuning: validation configurations of the pretraining head (default: "
+           "--valid_fraction of --pt_train_file).")
+    _value(g, "--weight_pt_head", float, 1.0,
+           "Replay fine-tuning: factor on the label weights of the pretraining configurations.")
+    _value(g, "--real_pt_data_ratio_threshold", float, 0.1,
+           "Replay fine-tuning: when there are fewer fine-tuning than this fraction of the "
+           "pretraining training configurations, the fine-tuning ones are repeated (as upstream).")
+    _value(g, "--force_mh_ft_lr", str2bool, False,
+           "Replay fine-tuning: keep --lr, --ema and --ema_decay as given (true/false).")
+    _value(g, "--skip_evaluate_heads", str, "pt_head",
+           "Replay fine-tuning: comma-separated heads left out of the final error tables.")
+    _value(g, "--num_samples_pt", int, 10000,
+           "Upstream: how many frames of a downloaded replay set to select; no effect on a "
+           "--pt_train_file (as upstream): select with python -m mace.cli.fine_tuning_select.")
+    _value(g, "--subselect_pt", str, "random",
+           "Upstream: how frames of a downloaded replay set are selected; no effect here (see --num_samples_pt).",
+           choices=["fps", "random"])
+    _value(g, "--filter_type_pt", str, "none",
+           "Upstream: element filter of a downloaded replay set; no effect here (see --num_samples_pt).",
+           choices=["none", "combinations", "inclusive", "exclusive"])
     for flag, (kind, default, choices) in MULTIHEAD_REPLAY_FLAGS.items():
         _value(g, f"--{flag}", kind, default,
                "Setting of upstream's multi-head replay fine-tuning (not supported: only the "
@@ -722,14 +747,27 @@ def _upstream_0316_feature_errors(args: argparse.Namespace) -> Iterator[str]:
     if args.foundation_model_elements:
         yield ("--foundation_model_elements True is not supported: the foundation model is "
                "restricted to the elements of the data; list more with --atomic_numbers")
-    if args.multiheads_finetuning:
-        yield ("--multiheads_finetuning True is not supported: this fork fine-tunes the "
-               "foundation's one head (with adapters) and replays no pretraining data; pass "
-               "--multiheads_finetuning False (upstream 0.3.16's default is True)")
+    yield from _replay_errors(args)
     for flag, (_, default, _) in MULTIHEAD_REPLAY_FLAGS.items():
         if getattr(args, flag) != default:
             yield (f"--{flag} is not supported: it configures upstream's multi-head fine-tuning "
                    "with replay data, which this fork does not have")
+
+
+def _replay_errors(args: argparse.Namespace) -> Iterator[str]:
+    """What multi-head replay fine-tuning cannot start without."""
+    if args.pt_train_file in PUBLISHED_REPLAY_SETS:
+        yield (f"--pt_train_file {args.pt_train_file}: upstream downloads this replay set; this fork "
+               "does not fetch it: download it, select frames with python -m mace.cli.fine_tuning_select "
+               "and give the file")
+    if not args.multiheads_finetuning or not args.foundation_model or not args.pt_train_file:
+        return
+    if args.E0s is not None and args.E0s.strip().lower() == "average":
+        yield ("--E0s average cannot be used with --multiheads_finetuning (as upstream): use "
+               "--E0s estimated, foundation, or a dict")
+    if args.keep_foundation_head:
+        yield ("--keep_foundation_head and --multiheads_finetuning both add a head for the "
+               "foundation: choose one")
 
 
 def _required_errors(args: argparse.Namespace) -> Iterator[str]:

@@ -27,15 +27,26 @@ from mace.adapters.prepare import (
     set_finetuning_e0s,
 )
 from mace.data import make_loader
-from mace.data.datasets import Datasets, DataSettings, dataset_elements, load_datasets, write_valid_indices
+from mace.data.configuration import DEFAULT_HEAD
+from mace.data.datasets import (
+    Datasets,
+    DataSettings,
+    dataset_elements,
+    load_datasets,
+    replay_settings,
+    upsampling_copies,
+    with_label_weights_scaled,
+    write_valid_indices,
+)
 from mace.data.statistics import average_num_neighbors, read_statistics, resolve_e0s, scale_and_shift
 from mace.modules.builder import ModelSettings, build_model
 from mace.modules.export import save_scripted
 from mace.modules.loading import save_model
 from mace.modules.loss import build_loss, build_stage_two_loss
-from mace.modules.heads import FOUNDATION_HEAD, ModelHeads
+from mace.modules.heads import FOUNDATION_HEAD, PRETRAINING_HEAD, ModelHeads, expand_heads
 from mace.modules.models import MACE, model_heads
 from mace.cli.arg_parser import (
+    REPLAY_SELECTION_FLAGS,
     defining_settings,
     parse_args,
     parse_atomic_numbers,
@@ -67,6 +78,16 @@ from mace.training.restart import checkpoint_to_resume, resume
 from mace.training.train import LoopSettings, SWASettings, Trainer, TrainingDivergedError, output_request_for
 
 Settings = TypeVar("Settings")
+
+
+@dataclass
+class HeadData:
+    """The data of one head of the model; ``copies``: how often its training configurations
+    enter an epoch (fine-tuning data beside much more replayed data is repeated)."""
+
+    name: str
+    datasets: Datasets
+    copies: int = 1
 
 
 @dataclass
@@ -176,24 +197,79 @@ def apply_statistics_file(args: argparse.Namespace) -> None:
 
 
 def finetuning_model(
-    args: argparse.Namespace, datasets: Datasets, argv: Sequence[str], device: torch.device, foundation: Path
+    args: argparse.Namespace, heads: List[HeadData], argv: Sequence[str], device: torch.device, foundation: Path
 ) -> MACE:
-    """The foundation restricted to the data's elements, with its adapters and E0s."""
-    atomic_numbers = dataset_elements(datasets, parse_atomic_numbers(args.atomic_numbers))
+    """The foundation restricted to the data's elements, with a copy of its head per head of
+    the run (replay fine-tuning), its adapters and the fine-tuned head's E0s."""
+    datasets = heads[-1].datasets
+    atomic_numbers = dataset_elements(datasets, parse_atomic_numbers(args.atomic_numbers), *(h.datasets for h in heads[:-1]))
     given = {flag: getattr(args, flag) for flag in explicit_flag_names(argv) if hasattr(args, flag)}
     model = prepare_foundation(
         foundation, atomic_numbers, device,
         keep_readouts=args.foundation_model_readout, trust_pickle=args.trust_pickle, given_architecture=given,
         foundation_head=args.foundation_head,
     )
+    if len(heads) > 1:
+        model = expand_heads(model, [head.name for head in heads])
     model = apply_adapters(model, args.adapter_settings, readouts_trained=not args.foundation_model_readout)
-    set_finetuning_e0s(model, parse_e0s(args.E0s), datasets.train, datasets.isolated_atom_e0s, AtomicNumberTable(atomic_numbers))
+    set_finetuning_e0s(
+        model, parse_e0s(args.E0s), datasets.train, datasets.isolated_atom_e0s, AtomicNumberTable(atomic_numbers),
+        head=len(heads) - 1 if len(heads) > 1 else None,
+    )
     return model
 
 
 def downloads_folder(args: argparse.Namespace, argv: Sequence[str]) -> Optional[Path]:
     """--downloads_dir when typed (published foundation models are fetched there), else None: the cache."""
     return Path(args.downloads_dir) if "downloads_dir" in explicit_flag_names(argv) else None
+
+
+def replay_requested(args: argparse.Namespace) -> bool:
+    """--multiheads_finetuning, which (as upstream) needs a foundation model and its
+    pretraining data; without them the run fine-tunes without replay."""
+    if not args.multiheads_finetuning:
+        return False
+    missing = "--foundation_model" if not args.foundation_model else "--pt_train_file" if not args.pt_train_file else None
+    if missing is not None:
+        logging.warning("--multiheads_finetuning needs %s: training without replayed pretraining data", missing)
+        args.multiheads_finetuning = False
+        return False
+    return True
+
+
+def apply_replay_settings(args: argparse.Namespace) -> None:
+    """Upstream's settings of a replay fine-tune: the universal loss and, unless
+    --force_mh_ft_lr, a small learning rate with a slow EMA."""
+    args.loss = "universal"
+    logging.info("Multi-head replay fine-tuning: heads '%s' (--pt_train_file) and '%s'; --loss universal", PRETRAINING_HEAD, DEFAULT_HEAD)
+    if not args.force_mh_ft_lr:
+        args.lr, args.ema, args.ema_decay = 1e-4, True, 0.99999
+        logging.info("Replay fine-tuning sets --lr 0.0001 --ema --ema_decay 0.99999 (keep yours with --force_mh_ft_lr True)")
+    for flag, default in REPLAY_SELECTION_FLAGS.items():
+        if getattr(args, flag) != default:
+            logging.warning(
+                "--%s has no effect on --pt_train_file (as upstream, it selects frames of upstream's downloaded "
+                "replay sets): select a subset with python -m mace.cli.fine_tuning_select", flag,
+            )
+
+
+def run_heads(args: argparse.Namespace, datasets: Datasets) -> List[HeadData]:
+    """The heads of the run in the model's order: the fine-tuned one, after the replayed
+    pretraining head when --multiheads_finetuning."""
+    if not args.multiheads_finetuning:
+        return [HeadData(DEFAULT_HEAD, datasets)]
+    settings = replay_settings(data_settings(args), args.pt_train_file, args.pt_valid_file)
+    replay = load_datasets(settings)
+    replay.train = with_label_weights_scaled(replay.train, args.weight_pt_head, "--weight_pt_head")
+    replay.valid = with_label_weights_scaled(replay.valid, args.weight_pt_head, "--weight_pt_head")
+    copies = upsampling_copies(len(datasets.train), len(replay.train), args.real_pt_data_ratio_threshold)
+    if copies > 1:
+        logging.warning(
+            "%d fine-tuning against %d replayed configurations (ratio under --real_pt_data_ratio_threshold %g): "
+            "each fine-tuning configuration enters an epoch %d times", len(datasets.train), len(replay.train),
+            args.real_pt_data_ratio_threshold, copies,
+        )
+    return [HeadData(PRETRAINING_HEAD, replay), HeadData(DEFAULT_HEAD, datasets, copies)]
 
 
 def scratch_model(args: argparse.Namespace, datasets: Datasets, device: torch.device) -> MACE:
@@ -213,18 +289,29 @@ def scratch_model(args: argparse.Namespace, datasets: Datasets, device: torch.de
 
 
 def build_run_model(
-    args: argparse.Namespace, datasets: Datasets, argv: Sequence[str], device: torch.device, foundation: Optional[Path]
+    args: argparse.Namespace, heads: List[HeadData], argv: Sequence[str], device: torch.device, foundation: Optional[Path]
 ) -> MACE:
     """A model from hyperparameters, or the prepared ``foundation`` file with its adapters."""
-    model = finetuning_model(args, datasets, argv, device, foundation) if foundation is not None else scratch_model(args, datasets, device)
+    if foundation is not None:
+        model = finetuning_model(args, heads, argv, device, foundation)
+    else:
+        model = scratch_model(args, heads[-1].datasets, device)
     frozen = freeze_blocks(model, args.freeze)
     if frozen:
         logging.info("--freeze %d: %s frozen; %s parameters train", args.freeze, ", ".join(frozen), f"{count_trainable(model):,}")
     return model
 
 
+def training_graphs(model: MACE, heads: List[HeadData]) -> Sequence[Dict[str, torch.Tensor]]:
+    """The graphs an epoch trains on: every head's (with its head index), repeated as the head says."""
+    if len(heads) == 1 and heads[0].copies == 1:
+        return model_graphs(model, heads[0].datasets.train)
+    parts = [model_graphs(model, head.datasets.train, index) for index, head in enumerate(heads) for _ in range(head.copies)]
+    return torch.utils.data.ConcatDataset(parts)
+
+
 def build_trainer(
-    args: argparse.Namespace, model: MACE, datasets: Datasets, paths: RunPaths, device: torch.device,
+    args: argparse.Namespace, model: MACE, heads: List[HeadData], paths: RunPaths, device: torch.device,
     run_settings: Dict[str, Any], place: ProcessPlace = SINGLE_PROCESS,
 ) -> Trainer:
     """The training loop of this process; in a data-parallel run it trains on its share of
@@ -242,6 +329,7 @@ def build_trainer(
     optimizer_settings = settings_from_flags(OptimizerSettings, args, lr_params_factors=parse_lr_params_factors(args.lr_params_factors))
     optimizer = build_optimizer(model, optimizer_settings)
     ema = ExponentialMovingAverage(trainable_parameters(model.parameters()), decay=args.ema_decay) if args.ema else None
+    train_graphs = training_graphs(model, heads)
     return Trainer(
         model=model,
         loss_fn=loss_fn,
@@ -250,11 +338,14 @@ def build_trainer(
         ema=ema,
         swa=swa,
         train_loader=make_loader(
-            model_graphs(model, datasets.train), args.batch_size, shuffle=True, drop_last=len(datasets.train) > args.batch_size,
+            train_graphs, args.batch_size, shuffle=True, drop_last=len(train_graphs) > args.batch_size,
             seed=args.seed, num_workers=args.num_workers, pin_memory=args.pin_memory and device.type == "cuda",
             replicas=(place.rank, place.world_size) if args.distributed else None,
         ),
-        valid_loader=make_loader(shard(model_graphs(model, datasets.valid)), args.valid_batch_size, shuffle=False),
+        valid_loaders={
+            head.name: make_loader(shard(model_graphs(model, head.datasets.valid, index)), args.valid_batch_size, shuffle=False)
+            for index, head in enumerate(heads)
+        },
         checkpoints=CheckpointHandler(
             str(paths.checkpoints), paths.tag, keep=args.keep_checkpoints or args.save_all_checkpoints,
             run_settings=run_settings,
@@ -326,7 +417,7 @@ def save_finetuning_outputs(model: MACE, args: argparse.Namespace, foundation: P
     adapter_path = RunPaths.adapter_file(model_path)
     save_adapter(
         model, adapter_path, settings.method, settings.config, foundation,
-        readouts_trained=not args.foundation_model_readout,
+        readouts_trained=not args.foundation_model_readout, foundation_head=args.foundation_head,
     )
     logging.info("Saved adapter file to %s", adapter_path)
     merge = METHODS[settings.method].merge
@@ -345,15 +436,28 @@ def remove_interrupted_writes(paths: RunPaths, checkpoints: CheckpointHandler) -
     checkpoints.remove_stale_temporaries()
 
 
+def evaluated_heads(args: argparse.Namespace, heads: List[HeadData]) -> List[Tuple[int, HeadData]]:
+    """(index, head) of the heads the final error tables cover: all but --skip_evaluate_heads,
+    and always the fine-tuned (last) head."""
+    skipped = {name.strip() for name in args.skip_evaluate_heads.split(",")}
+    return [(index, head) for index, head in enumerate(heads) if head.name not in skipped or index == len(heads) - 1]
+
+
+def head_sets(head: HeadData, fine_tuned: bool) -> List[Tuple[str, Sequence]]:
+    """The sets of a head's error table; those of a head other than the fine-tuned one are
+    named 'HEAD:set', so the results file tells them apart."""
+    sets = [("train", head.datasets.train), ("valid", head.datasets.valid)] + list(head.datasets.tests)
+    return sets if fine_tuned else [(f"{head.name}:{name}", configs) for name, configs in sets]
+
+
 def save_and_evaluate(
-    args: argparse.Namespace, foundation: Optional[Path], trainer: Trainer, datasets: Datasets, paths: RunPaths,
+    args: argparse.Namespace, foundation: Optional[Path], trainer: Trainer, heads: List[HeadData], paths: RunPaths,
     device: torch.device, place: ProcessPlace = SINGLE_PROCESS,
 ) -> None:
     """Save the best model of each stage (and its adapter files), then log its error table
-    and write its errors to the results file (in a data-parallel run the main process
-    saves and writes; every process evaluates its shard)."""
+    per head and write its errors to the results file (in a data-parallel run the main
+    process saves and writes; every process evaluates its shard)."""
     request = output_request_for(trainer.loss_fn, args.error_table, args.compute_stress)
-    sets = [("train", datasets.train), ("valid", datasets.valid)] + list(datasets.tests)
     kept = kept_foundation(args, foundation, trainer.model) if place.is_main else None
     for stage, target in final_models(trainer, paths, device):
         if place.is_main:
@@ -361,9 +465,14 @@ def save_and_evaluate(
             trainer.model.to(device)
             if foundation is not None:
                 save_finetuning_outputs(trainer.model, args, foundation, target)
-        rows = evaluate_sets(trainer.model, sets, trainer.stage_loss(0), args.valid_batch_size, device, request)
-        log_error_table(f"{stage} model {target.name}", args.error_table, rows)
-        write_final_errors(paths.results, stage, target.name, rows)
+        for index, head in evaluated_heads(args, heads):
+            fine_tuned = index == len(heads) - 1
+            rows = evaluate_sets(
+                trainer.model, head_sets(head, fine_tuned), trainer.stage_loss(0), args.valid_batch_size, device, request, index,
+            )
+            title = f"{stage} model {target.name}" + ("" if len(heads) == 1 else f", head {head.name}")
+            log_error_table(title, args.error_table, rows)
+            write_final_errors(paths.results, stage, target.name, rows)
 
 
 def end_dry_run(model: MACE) -> int:
@@ -395,13 +504,16 @@ def train_and_save(args: argparse.Namespace, argv: Sequence[str], paths: RunPath
     device = process_device(args, place)
     # The number of processes shapes the batches, so a restart must keep it too.
     apply_statistics_file(args)
+    if replay_requested(args):
+        apply_replay_settings(args)
     run_settings = {**defining_settings(args), "world_size": place.world_size}
     checkpoint = checkpoint_to_resume(checkpoints, run_settings, device) if args.restart_latest else None
     datasets = load_datasets(data_settings(args))
+    heads = run_heads(args, datasets)
     # Resolved (downloaded, its hash recorded or checked) once: the adapter files name it too.
     foundation = resolve_foundation_path(args.foundation_model, downloads_folder(args, argv)) if args.foundation_model else None
-    model = build_run_model(args, datasets, argv, device, foundation)
-    trainer = build_trainer(args, model, datasets, paths, device, run_settings, place)
+    model = build_run_model(args, heads, argv, device, foundation)
+    trainer = build_trainer(args, model, heads, paths, device, run_settings, place)
     if args.dry_run:
         return end_dry_run(model)
     if checkpoint is not None:
@@ -416,7 +528,7 @@ def train_and_save(args: argparse.Namespace, argv: Sequence[str], paths: RunPath
         logging.error(str(error))
         print(f"ERROR: {error}", file=sys.stderr)
         return 1
-    save_and_evaluate(args, foundation, trainer, datasets, paths, device, place)
+    save_and_evaluate(args, foundation, trainer, heads, paths, device, place)
     logging.info("Done")
     return 0
 

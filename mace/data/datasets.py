@@ -1,4 +1,5 @@
 """The training, validation and test sets of a run, read as its :class:`DataSettings` say."""
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -7,6 +8,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from mace.data.configuration import (
+    LABELS,
     Configuration,
     LazyConfigurations,
     group_by_config_type,
@@ -162,12 +164,42 @@ def _element_arrays(configs: Sequence[Configuration]) -> Iterator[np.ndarray]:
     return (config.atomic_numbers for config in configs)
 
 
-def dataset_elements(datasets: Datasets, explicit: Optional[List[int]]) -> List[int]:
-    """Elements of the model: --atomic_numbers if given (must cover the data), else those in the data."""
-    present = sorted({int(z) for configs in datasets.all_sets() for numbers in _element_arrays(configs) for z in numbers})
+def dataset_elements(datasets: Datasets, explicit: Optional[List[int]], *more: Datasets) -> List[int]:
+    """Elements of the model: --atomic_numbers if given (must cover the data), else those in
+    the data (of ``datasets`` and ``more``, the data of further heads)."""
+    sets = [configs for each in (datasets, *more) for configs in each.all_sets()]
+    present = sorted({int(z) for configs in sets for numbers in _element_arrays(configs) for z in numbers})
     if explicit is None:
         return present
     missing = sorted(set(present) - set(explicit))
     if missing:
         raise UserInputError(f"--atomic_numbers lacks elements present in the data: {missing}")
     return sorted(explicit)
+
+
+def replay_settings(settings: DataSettings, train_file: str, valid_file: Optional[str]) -> DataSettings:
+    """The data of a replayed pretraining head: read with the keys, split fraction and seed of
+    the fine-tuning data (as upstream), without test sets."""
+    return dataclasses.replace(settings, train_file=train_file, valid_file=valid_file, test_file=None, test_dir=None)
+
+
+def with_label_weights_scaled(configs: Sequence[Configuration], factor: float, flag: str) -> Sequence[Configuration]:
+    """``configs`` with every label weight times ``factor`` (``flag`` names the setting in errors)."""
+    if factor == 1.0:
+        return configs
+    if isinstance(configs, LazyConfigurations):
+        raise UserInputError(f"{flag} {factor}: label weights of preprocessed HDF5 data are fixed; give extxyz data")
+    return [
+        dataclasses.replace(config, **{f"{label}_weight": getattr(config, f"{label}_weight") * factor for label in LABELS})
+        for config in configs
+    ]
+
+
+def upsampling_copies(num_finetuning: int, num_replay: int, threshold: float) -> int:
+    """How often the fine-tuning configurations enter an epoch beside ``num_replay`` replayed
+    ones: upstream repeats them 1 + int(threshold / ratio) times when their ratio falls below
+    ``threshold`` (--real_pt_data_ratio_threshold), so they are not drowned out."""
+    ratio = num_finetuning / max(num_replay, 1)
+    if ratio >= threshold or num_finetuning == 0:
+        return 1
+    return 1 + int(threshold / ratio)

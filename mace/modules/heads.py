@@ -103,6 +103,46 @@ def select_head(model: MACE, index: int) -> MACE:
     return single
 
 
+def _multi_head_readout(readout: torch.nn.Module, num_heads: int) -> torch.nn.Module:
+    """A one-head readout repeated for ``num_heads`` heads, each predicting what it predicts
+    (the inverse of :func:`_one_head_readout`; upstream's layout when it adds heads)."""
+    heads_out = o3.Irreps(f"{num_heads}x0e")
+    if isinstance(readout, NonLinearReadoutBlock):
+        irreps_in = readout.linear_1.irreps_in
+        width = readout.linear_1.irreps_out.dim
+        hidden = o3.Irreps(f"{num_heads * width}x0e")
+        fresh = NonLinearReadoutBlock(irreps_in, hidden, readout_gate(readout), heads_out, num_heads)
+        first = readout.linear_1.weight.reshape(-1, width).repeat(1, num_heads)
+        last = readout.linear_2.weight.reshape(width, 1).repeat(num_heads, num_heads) * num_heads**0.5
+        fresh.linear_1 = _linear_with_weight(irreps_in, hidden, first)
+        fresh.linear_2 = _linear_with_weight(hidden, heads_out, last)
+        return fresh.to(dtype=first.dtype, device=first.device)
+    irreps_in = readout.linear.irreps_in
+    fresh = LinearReadoutBlock(irreps_in, heads_out)
+    fresh.linear = _linear_with_weight(irreps_in, heads_out, readout.linear.weight.reshape(-1, 1).repeat(1, num_heads))
+    return fresh
+
+
+def expand_heads(model: MACE, heads: List[str]) -> MACE:
+    """A copy of one-head ``model`` with the heads ``heads``, each a copy of its head: same
+    readouts, E0s and scale/shift, so every head predicts exactly what ``model`` predicts
+    (upstream's start of a multi-head fine-tune)."""
+    if len(model_heads(model)) != 1:
+        raise ValueError(f"expand_heads takes a one-head model, not one with heads {model_heads(model)}")
+    num_heads = len(heads)
+    multi = copy.deepcopy(model)
+    for position, readout in enumerate(model.readouts):
+        multi.readouts[position] = _multi_head_readout(readout, num_heads)
+    energies = torch.atleast_2d(model.atomic_energies_fn.atomic_energies)[0]
+    multi.atomic_energies_fn.atomic_energies = energies.repeat(num_heads, 1).clone()
+    if hasattr(multi, "scale_shift"):
+        for name in ("scale", "shift"):
+            value = torch.atleast_1d(getattr(model.scale_shift, name))[0]
+            setattr(multi.scale_shift, name, value.repeat(num_heads).clone())
+    multi.heads = list(heads)
+    return multi
+
+
 def _take_where(mask: torch.Tensor, chosen: Optional[torch.Tensor], other: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """``chosen`` where ``mask`` (over the first dimension), else ``other``."""
     if chosen is None:

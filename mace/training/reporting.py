@@ -17,6 +17,7 @@ from mace.data import Configuration, make_loader
 from mace.core.errors import UserInputError
 from mace.training.distributed import shard
 from mace.training.metrics import error_table
+from mace.modules.models import model_heads
 from mace.modules.predict import model_graphs, predict
 from mace.training.train import OutputRequest, append_result, evaluate
 
@@ -30,20 +31,23 @@ def evaluate_sets(
     batch_size: int,
     device: torch.device,
     request: OutputRequest,
+    head: int = 0,
 ) -> List[Tuple[str, Dict[str, float]]]:
+    """Errors of the model's head ``head`` on each set; a data-parallel run evaluates its shards."""
     rows = []
     for name, configs in sets:
         if not configs:
             continue
-        loader = make_loader(shard(model_graphs(model, configs)), batch_size=batch_size, shuffle=False)
+        loader = make_loader(shard(model_graphs(model, configs, head)), batch_size=batch_size, shuffle=False)
         _, metrics = evaluate(model, loader, loss_fn, device, request, label=f"Evaluating {name}")
-        _refuse_non_finite_predictions(model, name, configs, metrics, batch_size)
+        _refuse_non_finite_predictions(model, name, configs, metrics, batch_size, head)
         rows.append((name, metrics))
     return rows
 
 
 def _refuse_non_finite_predictions(
-    model: torch.nn.Module, name: str, configs: Sequence[Configuration], metrics: Dict[str, float], batch_size: int
+    model: torch.nn.Module, name: str, configs: Sequence[Configuration], metrics: Dict[str, float], batch_size: int,
+    head: int = 0,
 ) -> None:
     """A NaN in an error table is an error naming the set and the first configuration the
     model predicts NaN or inf for (labels were checked finite when read); only then are the
@@ -51,7 +55,7 @@ def _refuse_non_finite_predictions(
     if all(math.isfinite(value) for value in metrics.values()):
         return
     try:
-        predict(model, configs, batch_size=batch_size)
+        predict(model, configs, batch_size=batch_size, head=model_heads(model)[head])
     except UserInputError as error:
         raise UserInputError(f"Error table of the {name} set: {error}") from None
 

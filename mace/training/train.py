@@ -11,7 +11,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 from torch_ema import ExponentialMovingAverage
@@ -213,7 +213,12 @@ def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
 
 
 class Trainer:
-    """Runs epochs from a given progress to the end, writing logs, results and checkpoints."""
+    """Runs epochs from a given progress to the end, writing logs, results and checkpoints.
+
+    ``valid_loaders`` holds one validation set per head (in the model's head order). With
+    several (multi-head replay fine-tuning), each is evaluated and logged, and the last
+    head's loss, the fine-tuned head's, chooses checkpoints and drives the schedulers, as upstream.
+    """
 
     def __init__(
         self,
@@ -224,7 +229,7 @@ class Trainer:
         ema: Optional[ExponentialMovingAverage],
         swa: Optional[SWASettings],
         train_loader: Iterable,
-        valid_loader: Iterable,
+        valid_loaders: Mapping[str, Iterable],
         checkpoints: CheckpointHandler,
         results_path: Path,
         settings: LoopSettings,
@@ -238,7 +243,7 @@ class Trainer:
         self.ema = ema
         self.swa = swa
         self.train_loader = train_loader
-        self.valid_loader = valid_loader
+        self.valid_loaders = dict(valid_loaders)
         self.checkpoints = checkpoints
         self.results_path = Path(results_path)
         self.settings = settings
@@ -350,20 +355,23 @@ class Trainer:
     def _evaluate_and_checkpoint(self, epoch: int, request: OutputRequest, epoch_times: list) -> bool:
         """Evaluate (EMA weights), log, save; returns True when patience ran out."""
         loss_fn = self.stage_loss(epoch)
-        with self.averaged_parameters():
-            valid_loss, metrics = evaluate(
-                self.model, self.valid_loader, loss_fn, self.device, request, label=f"Epoch {epoch} validation"
-            )
-        if not math.isfinite(valid_loss):
-            raise TrainingDivergedError(f"Epoch {epoch}: the validation loss became {valid_loss}")
-        self.progress.last_valid_loss = valid_loss
         lr = self.optimizer.param_groups[0]["lr"]
         eta = _eta(epoch_times, self.settings.max_num_epochs - epoch - 1)
-        logging.info(
-            "Epoch %d: %s, lr=%.2e, %.2f s/epoch, ETA %s",
-            epoch, evaluation_summary(self.settings.error_table, valid_loss, metrics), lr, epoch_times[-1], eta,
-        )
-        self._write_result({"mode": "eval", "epoch": epoch, "loss": valid_loss, "lr": lr, **metrics})
+        several = len(self.valid_loaders) > 1
+        for head, loader in self.valid_loaders.items():
+            with self.averaged_parameters():
+                valid_loss, metrics = evaluate(
+                    self.model, loader, loss_fn, self.device, request, label=f"Epoch {epoch} validation"
+                )
+            if not math.isfinite(valid_loss):
+                raise TrainingDivergedError(f"Epoch {epoch}: the validation loss became {valid_loss}")
+            logging.info(
+                "Epoch %d: %s%s, lr=%.2e, %.2f s/epoch, ETA %s", epoch, f"head {head}: " if several else "",
+                evaluation_summary(self.settings.error_table, valid_loss, metrics), lr, epoch_times[-1], eta,
+            )
+            head_record = {"head": head} if several else {}
+            self._write_result({"mode": "eval", "epoch": epoch, **head_record, "loss": valid_loss, "lr": lr, **metrics})
+        self.progress.last_valid_loss = valid_loss
         stage = "swa" if self.in_swa_stage(epoch) else "main"
         best_loss, _ = self.progress.best.get(stage, (math.inf, -1))
         if valid_loss < best_loss:

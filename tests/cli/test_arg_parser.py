@@ -726,12 +726,12 @@ def test_dry_run_is_a_switch_a_restart_may_change():
         (["--enable_cueq", "true"], "--enable_cueq True is not supported"),
         (["--lbfgs"], "--lbfgs is not supported"),
         (["--foundation_model_elements=True"], "--foundation_model_elements True is not supported"),
-        (["--multiheads_finetuning=True"], "--multiheads_finetuning True is not supported"),
-        (["--num_samples_pt=50"], "--num_samples_pt is not supported: it configures upstream's multi-head"),
-        (["--subselect_pt=fps"], "--subselect_pt is not supported"),
-        (["--filter_type_pt=combinations"], "--filter_type_pt is not supported"),
-        (["--force_mh_ft_lr=True"], "--force_mh_ft_lr is not supported"),
-        (["--pt_train_file=pretrain.xyz"], "--pt_train_file is not supported"),
+        (["--pseudolabel_replay=True"], "--pseudolabel_replay is not supported: it configures upstream's multi-head"),
+        (["--pt_train_file=mp"], "--pt_train_file mp: upstream downloads this replay set"),
+        (["--multiheads_finetuning=True", "--foundation_model=f.model", "--pt_train_file=pt.xyz", "--E0s=average"],
+         "--E0s average cannot be used with --multiheads_finetuning"),
+        (["--multiheads_finetuning=True", "--foundation_model=f.model", "--pt_train_file=pt.xyz", "--E0s=foundation",
+          "--keep_foundation_head=True"], "--keep_foundation_head and --multiheads_finetuning"),
         (["--heads={'DFT': {'train_file': 'a.xyz'}}"], "--heads is not supported"),
     ],
 )
@@ -745,6 +745,14 @@ def test_upstream_0316_flags_at_their_defaults_are_accepted():
                    "--foundation_model_elements=False", "--num_samples_pt=10000", "--subselect_pt=random",
                    "--filter_type_pt=none", "--force_mh_ft_lr=False"])
     assert (args.use_reduced_cg, args.multiheads_finetuning, args.num_samples_pt) == (False, False, 10000)
+
+
+def test_replay_fine_tuning_flags_are_accepted():
+    args = _parse(["--multiheads_finetuning=True", "--foundation_model=f.model", "--pt_train_file=pt.xyz",
+                   "--pt_valid_file=ptv.xyz", "--weight_pt_head=2.5", "--E0s=estimated", "--force_mh_ft_lr=True",
+                   "--real_pt_data_ratio_threshold=0.2", "--skip_evaluate_heads="])
+    assert (args.multiheads_finetuning, args.pt_train_file, args.weight_pt_head) == (True, "pt.xyz", 2.5)
+    assert (args.real_pt_data_ratio_threshold, args.skip_evaluate_heads) == (0.2, "")
 
 
 def test_heads_of_an_upstream_config_file_are_refused_by_name(capsys, tmp_path):

@@ -1,4 +1,5 @@
 """Fine-tuning from the command line: each adapter method's outputs, frozen weights, adapter files."""
+import json
 from pathlib import Path
 from typing import List
 
@@ -250,3 +251,47 @@ def test_estimated_e0s_remove_the_foundations_mean_energy_error(shared_dir: Path
     assert abs(before.mean()) > 1.0
     assert abs(after.mean()) < 1e-6
     np.testing.assert_allclose(after - after.mean(), before - before.mean(), atol=1e-8)
+
+
+ETHANOL = "repro_data/dataset/dataset_rmd17/revised_ethanol/train.xyz"
+
+
+def test_replay_fine_tuning_trains_a_pretraining_head_beside_the_new_one(shared_dir: Path, workdir: Path) -> None:
+    """--multiheads_finetuning as upstream: head 'pt_head' on --pt_train_file, head 'Default' on
+    the data, the universal loss, lr 1e-4 and a slow EMA; the adapter file rebuilds both heads."""
+    ase.io.write(workdir / "pt.xyz", ase.io.read(shared_dir / ETHANOL, index=":6"))
+    replay = ["--multiheads_finetuning=True", "--pt_train_file=pt.xyz", "--E0s=estimated", "--skip_evaluate_heads="]
+    assert finetune(shared_dir, "replay", replay) == 0
+    log = (workdir / "logs" / "replay_run-123.log").read_text()
+    assert "Multi-head replay fine-tuning: heads 'pt_head' (--pt_train_file) and 'Default'; --loss universal" in log
+    assert "--lr 0.0001 --ema --ema_decay 0.99999" in log
+    assert "Epoch 1: head pt_head: loss=" in log and "Epoch 1: head Default: loss=" in log
+    records = [json.loads(line) for line in (workdir / "results" / "replay_run-123_train.txt").read_text().splitlines()]
+    assert {r["head"] for r in records if r["mode"] == "eval"} == {"pt_head", "Default"}
+    assert {"pt_head:train", "pt_head:valid", "train", "valid", "test"} <= {r["set"] for r in records if r["mode"] == "final"}
+
+    model = load_model(workdir / "replay.model", dtype=torch.float64)
+    assert model_heads(model) == ["pt_head", "Default"]
+    foundation = restrict_to_elements(load_model(shared_dir / FOUNDATION, dtype=torch.float64), [1, 6, 8])
+    energies = model.atomic_energies_fn.atomic_energies
+    torch.testing.assert_close(energies[0], torch.atleast_2d(foundation.atomic_energies_fn.atomic_energies)[0], rtol=0, atol=0)
+    assert (energies[1] - energies[0]).abs().max() > 1e-3  # the fine-tuned head's estimated E0s
+
+    frames = ase.io.read(workdir / "test.xyz", index=":")
+    configs = [config_from_atoms(atoms) for atoms in frames]
+    rebuilt = load_adapted_model(shared_dir / FOUNDATION, workdir / "replay_adapter.pt")
+    compiled = torch.jit.load(str(workdir / "replay_compiled.model"))
+    for head in ("pt_head", "Default"):
+        expected = predict(model, configs, head=head)
+        for other in (rebuilt, compiled):
+            for ours, theirs in zip(predict(other, configs, head=head), expected):
+                assert abs(ours.energy - theirs.energy) < 1e-10
+                np.testing.assert_allclose(ours.forces, theirs.forces, atol=1e-10, rtol=0)
+    assert abs(predict(model, configs, head="pt_head")[0].energy - predict(model, configs)[0].energy) > 1e-3
+
+
+def test_replay_without_pretraining_data_fine_tunes_one_head(shared_dir: Path, workdir: Path) -> None:
+    assert finetune(shared_dir, "noreplay", ["--multiheads_finetuning=True"]) == 0
+    log = (workdir / "logs" / "noreplay_run-123.log").read_text()
+    assert "--multiheads_finetuning needs --pt_train_file: training without replayed pretraining data" in log
+    assert model_heads(load_model(workdir / "noreplay.model", dtype=torch.float64)) == ["Default"]

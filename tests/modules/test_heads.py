@@ -14,7 +14,7 @@ import torch
 from mace.calculators import MACECalculator
 from mace.core.errors import UserInputError
 from mace.modules.export import script_model
-from mace.modules.heads import ModelHeads, foundation_head_index, head_index, select_head
+from mace.modules.heads import ModelHeads, expand_heads, foundation_head_index, head_index, select_head
 from mace.modules.loading import load_model, save_model
 from mace.modules.models import model_heads
 from mace.modules.predict import predict
@@ -52,6 +52,26 @@ def test_each_head_predicts_what_its_cut_out_model_predicts(molecules) -> None:
         np.testing.assert_allclose(single_forces, forces, atol=1e-10, rtol=0)
         energies.append(energy)
     assert np.abs(energies[0] - energies[1]).min() > 1e-3 and np.abs(energies[1] - energies[2]).min() > 1e-3
+
+
+@pytest.mark.parametrize("scale_shift", [True, False])
+def test_expanded_heads_each_predict_what_the_one_head_model_predicts(molecules, scale_shift: bool) -> None:
+    """Upstream's start of a replay fine-tune: every head a copy of the foundation's; cutting
+    one out again gives back the same readout weights."""
+    model = tiny_model(scale_shift=scale_shift)
+    expanded = expand_heads(model, ["pt_head", "Default"])
+    assert model_heads(expanded) == ["pt_head", "Default"]
+    batch = batch_of(molecules, model)
+    energy, forces = energy_and_forces(model, batch)
+    for heads in ([0, 0, 0], [1, 1, 1], [1, 0, 1]):
+        expanded_energy, expanded_forces = energy_and_forces(expanded, with_heads(batch, heads))
+        np.testing.assert_allclose(expanded_energy, energy, atol=1e-10, rtol=0)
+        np.testing.assert_allclose(expanded_forces, forces, atol=1e-10, rtol=0)
+    for index in range(2):
+        back = select_head(expanded, index)
+        for original, cut in zip(model.readouts, back.readouts):
+            for (name, weight), (_, cut_weight) in zip(original.named_parameters(), cut.named_parameters()):
+                torch.testing.assert_close(cut_weight, weight, atol=1e-12, rtol=0, msg=name)
 
 
 def test_a_batch_mixing_heads_gives_each_graph_its_own_heads_prediction(molecules) -> None:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from ase import Atoms
 
-from mace.cli.run_train import RunPaths, build_trainer
+from mace.cli.run_train import HeadData, RunPaths, build_trainer
 from mace.adapters import adapter_parameter_ids, freeze_blocks, inject_adapters
 from mace.adapters.elora import make_radial_basis_trainable
 from mace.data import Configuration, load_from_xyz
@@ -596,7 +596,7 @@ def make_trainer(tmp_path: Path, model: MACE, configs: List[Configuration], *fla
     ])
     datasets = Datasets(train=configs[:2], valid=configs[2:4])
     torch.manual_seed(args.seed)
-    return build_trainer(args, model, datasets, RunPaths.from_args(args), torch.device("cpu"), defining_settings(args))
+    return build_trainer(args, model, [HeadData("Default", datasets)], RunPaths.from_args(args), torch.device("cpu"), defining_settings(args))
 
 
 def eval_lines(trainer: Trainer) -> List[dict]:
@@ -608,7 +608,7 @@ def valid_loss(trainer: Trainer, epoch: int, averaged: bool) -> float:
     """The validation loss of the current weights, or of their moving average."""
     request = output_request_for(trainer.loss_fn, "PerAtomRMSE")
     with trainer.averaged_parameters() if averaged else nullcontext():
-        return evaluate(trainer.model, trainer.valid_loader, trainer.stage_loss(epoch), trainer.device, request)[0]
+        return evaluate(trainer.model, trainer.valid_loaders["Default"], trainer.stage_loss(epoch), trainer.device, request)[0]
 
 
 class CountingLoss(torch.nn.Module):
@@ -759,7 +759,8 @@ def test_a_restored_run_shuffles_and_ends_bitwise_as_the_uninterrupted_one(tmp_p
         ])
         datasets = Datasets(train=configs[:6], valid=configs[6:])
         return build_trainer(
-            args, copy.deepcopy(tiny_template), datasets, RunPaths.from_args(args), torch.device("cpu"), defining_settings(args)
+            args, copy.deepcopy(tiny_template), [HeadData("Default", datasets)], RunPaths.from_args(args), torch.device("cpu"),
+            defining_settings(args),
         )
 
     whole = trainer_in(tmp_path / "whole")
