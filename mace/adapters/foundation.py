@@ -126,6 +126,11 @@ def _restrict_contraction(contraction: Contraction, keep: torch.Tensor) -> None:
         contraction.weights[i] = torch.nn.Parameter(weights.detach()[keep].clone())
 
 
+def check_known_elements(model: MACE, zs: Sequence[int]) -> None:
+    """Raise UserInputError naming the elements of ``zs`` that ``model`` does not know."""
+    _kept_channels(model, zs)
+
+
 def restrict_to_elements(model: MACE, zs: Sequence[int]) -> MACE:
     """Copy of ``model`` that only knows the elements ``zs`` and predicts exactly as before on them.
 

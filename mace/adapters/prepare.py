@@ -17,7 +17,7 @@ import torch
 from e3nn import o3
 
 from mace.adapters import METHODS, count_trainable, inject_adapters, train_readouts, trainable_parameter_table
-from mace.adapters.foundation import restrict_to_elements, set_e0s
+from mace.adapters.foundation import check_known_elements, restrict_to_elements, set_e0s
 from mace.adapters.settings import AdapterSettings
 from mace.modules.blocks import LinearReadoutBlock, NonLinearReadoutBlock, readout_gate
 from mace.modules.heads import foundation_head_index, select_head
@@ -140,8 +140,10 @@ def prepare_foundation(
     trust_pickle: bool = False,
     given_architecture: Optional[Mapping[str, Any]] = None,
     foundation_head: Optional[str] = None,
+    keep_all_elements: bool = False,
 ) -> MACE:
-    """Foundation restricted to the data's elements (readouts re-initialised unless kept);
+    """Foundation restricted to the data's elements ``atomic_numbers`` (all of its own with
+    ``keep_all_elements``, --foundation_model_elements), readouts re-initialised unless kept;
     ``given_architecture``: flag values the user typed, warned about where the file differs.
     Of a multi-head foundation, the head ``foundation_head`` (upstream's default: the first
     that is not the pretraining head) is cut out as a one-head model."""
@@ -155,14 +157,15 @@ def prepare_foundation(
     elif foundation_head is not None and foundation_head != heads[0]:
         raise UserInputError(f"--foundation_head {foundation_head}: the foundation model has one head, '{heads[0]}'")
     warn_architecture_mismatch(given_architecture or {}, foundation)
-    model = restrict_to_elements(foundation, atomic_numbers)
+    check_known_elements(foundation, atomic_numbers)
+    model = foundation if keep_all_elements else restrict_to_elements(foundation, atomic_numbers)
     if not keep_readouts:
         reinitialise_readouts(model)
     return model
 
 
 def residual_average_e0s(
-    model: MACE, configs: Sequence[Configuration], table: AtomicNumberTable
+    model: MACE, configs: Sequence[Configuration], table: AtomicNumberTable, head: int = 0
 ) -> Dict[int, float]:
     """Least-squares E0s of the energy the foundation does not explain: E_ref - E_interaction.
 
@@ -171,10 +174,10 @@ def residual_average_e0s(
     to the residual of the model as it starts training (adapters included, whose additive
     scalar terms shift energies from the first step) starts with no mean energy error.
     """
-    energies = torch.atleast_2d(model.atomic_energies_fn.atomic_energies)[0].tolist()
+    energies = torch.atleast_2d(model.atomic_energies_fn.atomic_energies)[head].tolist()
     current_e0s = dict(zip(model.atomic_numbers.tolist(), energies))
     residuals = []
-    for config, prediction in zip(configs, predict(model, configs, batch_size=16)):
+    for config, prediction in zip(configs, predict(model, configs, batch_size=16, head=model_heads(model)[head])):
         interaction = prediction.energy - sum(current_e0s[int(z)] for z in config.atomic_numbers)
         residuals.append(dataclasses.replace(config, energy=config.energy - interaction))
     return compute_average_e0s(residuals, table)
@@ -191,9 +194,11 @@ def set_finetuning_e0s(
     """E0s of a fine-tuning run, as upstream: 'estimated' fits the residual of the foundation
     (see above), 'foundation' keeps the foundation's, 'average' fits the raw training energies;
     a dict or IsolatedAtom frames are used as given, and without either the foundation's stay.
-    ``head``: the head index they are for (a replay fine-tune keeps the pretraining head's); None: all."""
+    ``head``: the head index they are for (a replay fine-tune keeps the pretraining head's); None: all.
+    Elements of the model that are not in ``table`` (the data's; the model kept all of the
+    foundation's) keep the foundation's E0s, where upstream sets them to 0."""
     if spec == "estimated":
-        e0s = residual_average_e0s(model, [c for c in train if has_label(c, "energy")], table)
+        e0s = residual_average_e0s(model, [c for c in train if has_label(c, "energy")], table, head or 0)
         logging.info(
             "E0s from least squares over the training energies minus the foundation's interaction energies: %s",
             format_e0s(e0s),
@@ -203,6 +208,10 @@ def set_finetuning_e0s(
         return
     else:
         e0s = resolve_e0s(spec, train, isolated_atom_e0s, table)
+    current = torch.atleast_2d(model.atomic_energies_fn.atomic_energies)[head or 0].tolist()
+    for z, energy in zip(model.atomic_numbers.tolist(), current):
+        if int(z) not in table.zs:
+            e0s.setdefault(int(z), energy)
     set_e0s(model, e0s, head)
 
 

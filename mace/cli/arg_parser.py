@@ -39,6 +39,7 @@ from e3nn import o3
 from mace.adapters.registry import METHODS
 from mace.adapters.settings import AdapterSettings, adapter_knobs, resolve_adapter_settings
 from mace.core.errors import UserInputError  # shared with data and model loading
+from mace.modules.heads import PRETRAINING_HEAD
 
 # Label keys of models this fork does not have: only their upstream defaults are accepted.
 UNUSED_KEYS = {"dipole_key": "dipole", "charges_key": "charges"}
@@ -80,7 +81,6 @@ def float_or_none(value: str) -> Optional[float]:
 # Upstream (0.3.16) flags of multi-head replay fine-tuning that this fork does not have:
 # flag -> (type, default, choices). Only their defaults are accepted.
 MULTIHEAD_REPLAY_FLAGS: Dict[str, Tuple[Any, Any, Optional[List[str]]]] = {
-    "heads": (str, None, None),
     "pseudolabel_replay": (str2bool, False, None),
     "pseudolabel_replay_compute_stress": (str2bool, False, None),
     "head_key": (str, "head", None),
@@ -166,6 +166,41 @@ def parse_config_type_weights(text: str) -> Dict[str, float]:
     if not all(math.isfinite(weight) and weight >= 0 for weight in parsed.values()):
         raise UserInputError(f"--config_type_weights: weights must be finite and non-negative, got {text!r}")
     return parsed
+
+
+# What a head of --heads may set (upstream's names): its data files and how they are read,
+# and its E0s; every other setting is the run's.
+HEAD_DATA_KEYS = (
+    "train_file", "valid_file", "test_file", "test_dir", "valid_fraction", "energy_key", "forces_key",
+    "stress_key", "virials_key", "config_type_weights", "keep_isolated_atoms",
+)
+HEAD_KEYS = HEAD_DATA_KEYS + ("E0s",)
+
+
+def parse_heads(text: Optional[str]) -> Optional[Dict[str, Dict[str, Any]]]:
+    """--heads: {head name: {setting: value}} (a dict literal, or a ``heads:`` mapping of a
+    --config file), in the order the model's heads take; None without heads."""
+    if text is None:
+        return None
+    heads = _literal(text, "--heads")
+    if not isinstance(heads, dict) or not heads:
+        raise UserInputError(f"--heads: expected a non-empty dict of head name -> settings, got {text!r}")
+    for name, settings in heads.items():
+        if not isinstance(name, str) or not name:
+            raise UserInputError(f"--heads: head names must be non-empty strings, got {name!r}")
+        if not isinstance(settings, dict):
+            raise UserInputError(f"--heads: the settings of head '{name}' must be a dict, got {settings!r}")
+        unknown = sorted(set(settings) - set(HEAD_KEYS))
+        if unknown:
+            raise UserInputError(
+                f"--heads: head '{name}' sets {', '.join(unknown)}, which a head cannot set here "
+                f"(a head sets {', '.join(HEAD_KEYS)}; the rest is the run's)"
+            )
+        if "config_type_weights" in settings:
+            parse_config_type_weights(str(settings["config_type_weights"]))
+        if "E0s" in settings:
+            parse_e0s(str(settings["E0s"]))
+    return heads
 
 
 # Upstream builds --model=MACE with RealAgnosticInteractionBlock first whatever
@@ -402,6 +437,12 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
            "statistics.json of preprocess_data (ours or upstream's): its E0s, average neighbour "
            "count, mean and std (shift and scale) and elements replace --E0s, "
            "--avg_num_neighbors, --mean, --std and --atomic_numbers.")
+    _value(g, "--heads", str, None,
+           "Several readout heads, each trained on its own data: a dict literal (or a heads: "
+           "mapping in --config) of head name -> {train_file, valid_file, test_file, test_dir, "
+           "valid_fraction, energy_key, forces_key, stress_key, virials_key, config_type_weights, "
+           "keep_isolated_atoms, E0s}; what a head leaves out is the run's flag. The last head "
+           "chooses the checkpoints, as upstream.")
     _value(g, "--E0s", str, None,
            "Isolated-atom energies: 'average' (least squares over the training energies), "
            "'estimated' (fine-tuning: least squares over what the foundation leaves unexplained), "
@@ -509,8 +550,9 @@ def _add_finetuning_flags(parser: argparse.ArgumentParser) -> None:
            "as head 'foundation' beside the fine-tuned head (true/false): it predicts exactly what "
            "the foundation predicts, so nothing is forgotten. The files are then twice the size.")
     _value(g, "--foundation_model_elements", str2bool, False,
-           "Keep every element of the foundation model (true/false); only false is accepted: "
-           "the foundation is restricted to the data's elements, or to --atomic_numbers.")
+           "Keep every element of the foundation model (true/false), as upstream; default: the "
+           "foundation is restricted to the data's elements, or to --atomic_numbers. Elements "
+           "without data keep the foundation's E0s (upstream sets them to 0).")
     _value(g, "--multiheads_finetuning", str2bool, False,
            "Upstream's multi-head replay fine-tuning (true/false; upstream 0.3.16 defaults to "
            "true, this fork to false, see --keep_foundation_head): the model gets a second "
@@ -744,9 +786,6 @@ def _upstream_0316_feature_errors(args: argparse.Namespace) -> Iterator[str]:
                "without cuequivariance kernels")
     if args.lbfgs:
         yield "--lbfgs is not supported: this fork trains with adam or adamw (--optimizer)"
-    if args.foundation_model_elements:
-        yield ("--foundation_model_elements True is not supported: the foundation model is "
-               "restricted to the elements of the data; list more with --atomic_numbers")
     yield from _replay_errors(args)
     for flag, (_, default, _) in MULTIHEAD_REPLAY_FLAGS.items():
         if getattr(args, flag) != default:
@@ -770,11 +809,23 @@ def _replay_errors(args: argparse.Namespace) -> Iterator[str]:
                "foundation: choose one")
 
 
+def _heads_errors(args: argparse.Namespace) -> None:
+    """--heads: readable, every head with training data, and no head named like the replay head."""
+    heads = parse_heads(args.heads)
+    if heads is None:
+        return
+    for name, settings in heads.items():
+        if not settings.get("train_file", args.train_file):
+            raise UserInputError(f"--heads: head '{name}' has no train_file (and there is no --train_file)")
+    if args.multiheads_finetuning and PRETRAINING_HEAD in heads:
+        raise UserInputError(f"--heads: '{PRETRAINING_HEAD}' is the replay head of --multiheads_finetuning; rename the head")
+
+
 def _required_errors(args: argparse.Namespace) -> Iterator[str]:
     """Flags a training run cannot do without."""
     if not args.name:
         yield "--name is required: it names the log, checkpoint, result and model files"
-    if not args.train_file and args.heads is None:  # upstream's --heads name their own files (refused later)
+    if not args.train_file and args.heads is None:
         yield "--train_file is required: give the extxyz file of training configurations"
 
 
@@ -851,6 +902,7 @@ def _literal_errors(args: argparse.Namespace) -> Iterator[str]:
         lambda: parse_atomic_numbers(args.atomic_numbers),
         lambda: parse_config_type_weights(args.config_type_weights),
         lambda: parse_e0s(args.E0s),
+        lambda: _heads_errors(args),
     )
     for read in readers:
         try:

@@ -9,11 +9,12 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import itertools
 import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 import torch
 from torch_ema import ExponentialMovingAverage
@@ -46,12 +47,14 @@ from mace.modules.loss import build_loss, build_stage_two_loss
 from mace.modules.heads import FOUNDATION_HEAD, PRETRAINING_HEAD, ModelHeads, expand_heads
 from mace.modules.models import MACE, model_heads
 from mace.cli.arg_parser import (
+    HEAD_DATA_KEYS,
     REPLAY_SELECTION_FLAGS,
     defining_settings,
     parse_args,
     parse_atomic_numbers,
     parse_config_type_weights,
     parse_e0s,
+    parse_heads,
     parse_lr_params_factors,
     parse_radial_mlp,
 )
@@ -82,11 +85,13 @@ Settings = TypeVar("Settings")
 
 @dataclass
 class HeadData:
-    """The data of one head of the model; ``copies``: how often its training configurations
-    enter an epoch (fine-tuning data beside much more replayed data is repeated)."""
+    """The data of one head of the model and the --E0s it takes; ``copies``: how often its
+    training configurations enter an epoch (fine-tuning data beside much more replayed data
+    is repeated)."""
 
     name: str
     datasets: Datasets
+    e0s: Optional[str] = None
     copies: int = 1
 
 
@@ -201,22 +206,27 @@ def finetuning_model(
 ) -> MACE:
     """The foundation restricted to the data's elements, with a copy of its head per head of
     the run (replay fine-tuning), its adapters and the fine-tuned head's E0s."""
-    datasets = heads[-1].datasets
-    atomic_numbers = dataset_elements(datasets, parse_atomic_numbers(args.atomic_numbers), *(h.datasets for h in heads[:-1]))
+    atomic_numbers = run_elements(args, heads)
     given = {flag: getattr(args, flag) for flag in explicit_flag_names(argv) if hasattr(args, flag)}
     model = prepare_foundation(
         foundation, atomic_numbers, device,
         keep_readouts=args.foundation_model_readout, trust_pickle=args.trust_pickle, given_architecture=given,
-        foundation_head=args.foundation_head,
+        foundation_head=args.foundation_head, keep_all_elements=args.foundation_model_elements,
     )
-    if len(heads) > 1:
+    if args.heads is not None or len(heads) > 1:
         model = expand_heads(model, [head.name for head in heads])
     model = apply_adapters(model, args.adapter_settings, readouts_trained=not args.foundation_model_readout)
-    set_finetuning_e0s(
-        model, parse_e0s(args.E0s), datasets.train, datasets.isolated_atom_e0s, AtomicNumberTable(atomic_numbers),
-        head=len(heads) - 1 if len(heads) > 1 else None,
-    )
+    for index, head in enumerate(heads):
+        set_finetuning_e0s(
+            model, parse_e0s(head.e0s), head.datasets.train, head.datasets.isolated_atom_e0s,
+            AtomicNumberTable(atomic_numbers), head=index if len(heads) > 1 else None,
+        )
     return model
+
+
+def run_elements(args: argparse.Namespace, heads: List[HeadData]) -> List[int]:
+    """--atomic_numbers, else the elements in every head's data."""
+    return dataset_elements(heads[-1].datasets, parse_atomic_numbers(args.atomic_numbers), *(h.datasets for h in heads[:-1]))
 
 
 def downloads_folder(args: argparse.Namespace, argv: Sequence[str]) -> Optional[Path]:
@@ -253,37 +263,71 @@ def apply_replay_settings(args: argparse.Namespace) -> None:
             )
 
 
-def run_heads(args: argparse.Namespace, datasets: Datasets) -> List[HeadData]:
-    """The heads of the run in the model's order: the fine-tuned one, after the replayed
-    pretraining head when --multiheads_finetuning."""
+def head_data_settings(args: argparse.Namespace, settings: Mapping[str, Any]) -> DataSettings:
+    """A head's data settings: the run's flags, with what its entry of --heads sets."""
+    values = {key: settings[key] for key in HEAD_DATA_KEYS if key in settings}
+    if "config_type_weights" in values:
+        values["config_type_weights"] = parse_config_type_weights(str(values["config_type_weights"]))
+    return dataclasses.replace(data_settings(args), **values)
+
+
+def fine_tuning_heads(args: argparse.Namespace) -> List[HeadData]:
+    """The heads the user trains: one ('Default', from the data flags), or those of --heads."""
+    heads = parse_heads(args.heads)
+    if heads is None:
+        return [HeadData(DEFAULT_HEAD, load_datasets(data_settings(args)), args.E0s)]
+    loaded = []
+    for name, settings in heads.items():
+        logging.info("Head '%s':", name)
+        e0s = settings.get("E0s", args.E0s)
+        loaded.append(HeadData(name, load_datasets(head_data_settings(args, settings)), None if e0s is None else str(e0s)))
+    return loaded
+
+
+def run_heads(args: argparse.Namespace) -> List[HeadData]:
+    """The heads of the run in the model's order: the replayed pretraining head first when
+    --multiheads_finetuning, then the user's (the last one chooses the checkpoints)."""
+    heads = fine_tuning_heads(args)
     if not args.multiheads_finetuning:
-        return [HeadData(DEFAULT_HEAD, datasets)]
+        return heads
     settings = replay_settings(data_settings(args), args.pt_train_file, args.pt_valid_file)
     replay = load_datasets(settings)
     replay.train = with_label_weights_scaled(replay.train, args.weight_pt_head, "--weight_pt_head")
     replay.valid = with_label_weights_scaled(replay.valid, args.weight_pt_head, "--weight_pt_head")
-    copies = upsampling_copies(len(datasets.train), len(replay.train), args.real_pt_data_ratio_threshold)
+    num_finetuning = sum(len(head.datasets.train) for head in heads)
+    copies = upsampling_copies(num_finetuning, len(replay.train), args.real_pt_data_ratio_threshold)
     if copies > 1:
         logging.warning(
             "%d fine-tuning against %d replayed configurations (ratio under --real_pt_data_ratio_threshold %g): "
-            "each fine-tuning configuration enters an epoch %d times", len(datasets.train), len(replay.train),
+            "each fine-tuning configuration enters an epoch %d times", num_finetuning, len(replay.train),
             args.real_pt_data_ratio_threshold, copies,
         )
-    return [HeadData(PRETRAINING_HEAD, replay), HeadData(DEFAULT_HEAD, datasets, copies)]
+    return [HeadData(PRETRAINING_HEAD, replay, "foundation"), *(dataclasses.replace(head, copies=copies) for head in heads)]
 
 
-def scratch_model(args: argparse.Namespace, datasets: Datasets, device: torch.device) -> MACE:
-    """A fresh model from the architecture flags and the training data's statistics."""
-    atomic_numbers = dataset_elements(datasets, parse_atomic_numbers(args.atomic_numbers))
-    e0s = resolve_e0s(parse_e0s(args.E0s), datasets.train, datasets.isolated_atom_e0s, AtomicNumberTable(atomic_numbers))
-    avg_neighbors = average_num_neighbors(datasets.train, args.r_max) if args.compute_avg_num_neighbors else float(args.avg_num_neighbors)
-    given = args.std is not None and args.mean is not None  # e.g. by --statistics_file: no pass over the data
-    scale, shift = (1.0, 0.0) if given else scale_and_shift(args.scaling, datasets.train, e0s)
-    scale = scale if args.std is None else float(args.std)
-    shift = shift if args.mean is None else float(args.mean)
-    logging.info("Average number of neighbours %.3f, scale %.5f, shift %.5f", avg_neighbors, scale, shift)
+def head_scale_and_shift(args: argparse.Namespace, head: HeadData, e0s: Dict[int, float]) -> Tuple[float, float]:
+    """--std / --mean where given (e.g. by --statistics_file: no pass over the data), else --scaling of the head's data."""
+    given = args.std is not None and args.mean is not None
+    scale, shift = (1.0, 0.0) if given else scale_and_shift(args.scaling, head.datasets.train, e0s)
+    return (scale if args.std is None else float(args.std)), (shift if args.mean is None else float(args.mean))
+
+
+def scratch_model(args: argparse.Namespace, heads: List[HeadData], device: torch.device) -> MACE:
+    """A fresh model from the architecture flags and the training data's statistics (E0s,
+    scale and shift per head; the neighbour count over all heads' data)."""
+    atomic_numbers = run_elements(args, heads)
+    table = AtomicNumberTable(atomic_numbers)
+    e0s = [resolve_e0s(parse_e0s(head.e0s), head.datasets.train, head.datasets.isolated_atom_e0s, table) for head in heads]
+    all_train = itertools.chain.from_iterable(head.datasets.train for head in heads)
+    avg_neighbors = average_num_neighbors(all_train, args.r_max) if args.compute_avg_num_neighbors else float(args.avg_num_neighbors)
+    scales, shifts = zip(*(head_scale_and_shift(args, head, head_e0s) for head, head_e0s in zip(heads, e0s)))
+    logging.info("Average number of neighbours %.3f, scale %s, shift %s", avg_neighbors,
+                 ", ".join(f"{value:.5f}" for value in scales), ", ".join(f"{value:.5f}" for value in shifts))
     settings = settings_from_flags(ModelSettings, args, radial_MLP=parse_radial_mlp(args.radial_MLP))
-    model = build_model(settings, atomic_numbers, e0s, avg_neighbors, scale, shift)
+    if args.heads is None:
+        model = build_model(settings, atomic_numbers, e0s[0], avg_neighbors, scales[0], shifts[0])
+    else:
+        model = build_model(settings, atomic_numbers, e0s, avg_neighbors, scales, shifts, heads=[head.name for head in heads])
     logging.info("Model: %s trainable parameters", f"{sum(p.numel() for p in model.parameters()):,}")
     return model.to(device)
 
@@ -295,7 +339,7 @@ def build_run_model(
     if foundation is not None:
         model = finetuning_model(args, heads, argv, device, foundation)
     else:
-        model = scratch_model(args, heads[-1].datasets, device)
+        model = scratch_model(args, heads, device)
     frozen = freeze_blocks(model, args.freeze)
     if frozen:
         logging.info("--freeze %d: %s frozen; %s parameters train", args.freeze, ", ".join(frozen), f"{count_trainable(model):,}")
@@ -508,8 +552,8 @@ def train_and_save(args: argparse.Namespace, argv: Sequence[str], paths: RunPath
         apply_replay_settings(args)
     run_settings = {**defining_settings(args), "world_size": place.world_size}
     checkpoint = checkpoint_to_resume(checkpoints, run_settings, device) if args.restart_latest else None
-    datasets = load_datasets(data_settings(args))
-    heads = run_heads(args, datasets)
+    heads = run_heads(args)
+    datasets = heads[-1].datasets
     # Resolved (downloaded, its hash recorded or checked) once: the adapter files name it too.
     foundation = resolve_foundation_path(args.foundation_model, downloads_folder(args, argv)) if args.foundation_model else None
     model = build_run_model(args, heads, argv, device, foundation)

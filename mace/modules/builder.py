@@ -1,6 +1,6 @@
 """A fresh model from its hyperparameters (:class:`ModelSettings`) and the data statistics."""
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -45,12 +45,21 @@ class ModelSettings:
 def build_model(
     settings: ModelSettings,
     atomic_numbers: List[int],
-    e0s: Dict[int, float],
+    e0s: Union[Dict[int, float], Sequence[Dict[int, float]]],
     avg_num_neighbors: float,
-    scale: float,
-    shift: float,
+    scale: Union[float, Sequence[float]],
+    shift: Union[float, Sequence[float]],
+    heads: Optional[List[str]] = None,
 ) -> MACE:
-    """--model MACE and ScaleShiftMACE both predict scaled interaction energies; MACE has no shift."""
+    """--model MACE and ScaleShiftMACE both predict scaled interaction energies; MACE has no
+    shift. With ``heads``, ``e0s``, ``scale`` and ``shift`` hold one entry per head."""
+    with_shift = settings.model == "ScaleShiftMACE"
+    if heads is None:
+        energies = np.array([e0s[z] for z in atomic_numbers])
+        shift = shift if with_shift else 0.0
+    else:
+        energies = np.array([[head_e0s[z] for z in atomic_numbers] for head_e0s in e0s])
+        shift = list(shift) if with_shift else [0.0] * len(heads)
     config = dict(
         r_max=settings.r_max,
         num_bessel=settings.num_radial_basis,
@@ -62,7 +71,7 @@ def build_model(
         num_elements=len(atomic_numbers),
         hidden_irreps=o3.Irreps(settings.hidden_irreps),
         MLP_irreps=o3.Irreps(settings.MLP_irreps),
-        atomic_energies=np.array([e0s[z] for z in atomic_numbers]),
+        atomic_energies=energies,
         avg_num_neighbors=avg_num_neighbors,
         atomic_numbers=atomic_numbers,
         correlation=settings.correlation,
@@ -74,9 +83,10 @@ def build_model(
         apply_cutoff=settings.apply_cutoff,
         use_last_readout_only=settings.use_last_readout_only,
         use_embedding_readout=settings.use_embedding_readout,
+        heads=heads,
     )
     return ScaleShiftMACE(
         atomic_inter_scale=scale,
-        atomic_inter_shift=shift if settings.model == "ScaleShiftMACE" else 0.0,
+        atomic_inter_shift=shift,
         **config,
     )

@@ -725,14 +725,17 @@ def test_dry_run_is_a_switch_a_restart_may_change():
         (["--use_reduced_cg=True"], "--use_reduced_cg True is not supported: upstream's reduced coupling basis"),
         (["--enable_cueq", "true"], "--enable_cueq True is not supported"),
         (["--lbfgs"], "--lbfgs is not supported"),
-        (["--foundation_model_elements=True"], "--foundation_model_elements True is not supported"),
         (["--pseudolabel_replay=True"], "--pseudolabel_replay is not supported: it configures upstream's multi-head"),
         (["--pt_train_file=mp"], "--pt_train_file mp: upstream downloads this replay set"),
         (["--multiheads_finetuning=True", "--foundation_model=f.model", "--pt_train_file=pt.xyz", "--E0s=average"],
          "--E0s average cannot be used with --multiheads_finetuning"),
         (["--multiheads_finetuning=True", "--foundation_model=f.model", "--pt_train_file=pt.xyz", "--E0s=foundation",
           "--keep_foundation_head=True"], "--keep_foundation_head and --multiheads_finetuning"),
-        (["--heads={'DFT': {'train_file': 'a.xyz'}}"], "--heads is not supported"),
+        (["--heads={'DFT': {'train_file': 'a.xyz', 'statistics_file': 's.json'}}"],
+         "--heads: head 'DFT' sets statistics_file, which a head cannot set here"),
+        (["--heads={'DFT': {'E0s': 'average'}}", "--train_file="], "--heads: head 'DFT' has no train_file"),
+        (["--heads=['DFT']"], "--heads: expected a non-empty dict"),
+        (["--heads={'pt_head': {}}", "--multiheads_finetuning=True"], "'pt_head' is the replay head"),
     ],
 )
 def test_upstream_0316_flags_of_missing_features_are_refused(capsys, extra, message):
@@ -755,11 +758,12 @@ def test_replay_fine_tuning_flags_are_accepted():
     assert (args.real_pt_data_ratio_threshold, args.skip_evaluate_heads) == (0.2, "")
 
 
-def test_heads_of_an_upstream_config_file_are_refused_by_name(capsys, tmp_path):
+def test_heads_of_an_upstream_config_file_are_read(tmp_path):
     config = tmp_path / "config.yaml"
-    config.write_text("heads:\n  DFT:\n    train_file: fit_dft.xyz\n  MP2:\n    train_file: fit_mp2.xyz\n")
-    err = _rejection(capsys, ["--name", "run", "--config", str(config)])
-    assert "--heads is not supported" in err
+    config.write_text("heads:\n  DFT:\n    train_file: fit_dft.xyz\n  MP2:\n    train_file: fit_mp2.xyz\n    E0s: average\n")
+    args = parse_args(["--name", "run", "--config", str(config)], environ={})
+    assert arg_parser.parse_heads(args.heads) == {
+        "DFT": {"train_file": "fit_dft.xyz"}, "MP2": {"train_file": "fit_mp2.xyz", "E0s": "average"}}
 
 
 def test_use_reduced_cg_help_says_only_false_is_accepted(capsys):

@@ -295,3 +295,19 @@ def test_replay_without_pretraining_data_fine_tunes_one_head(shared_dir: Path, w
     log = (workdir / "logs" / "noreplay_run-123.log").read_text()
     assert "--multiheads_finetuning needs --pt_train_file: training without replayed pretraining data" in log
     assert model_heads(load_model(workdir / "noreplay.model", dtype=torch.float64)) == ["Default"]
+
+
+def test_foundation_model_elements_keeps_every_element_of_the_foundation(shared_dir: Path, workdir: Path) -> None:
+    assert finetune(shared_dir, "allz", ["--foundation_model_elements=True", "--max_num_epochs=1"]) == 0
+    foundation = load_model(shared_dir / FOUNDATION, dtype=torch.float64)
+    model = load_model(workdir / "allz.model", dtype=torch.float64)
+    assert model.atomic_numbers.tolist() == foundation.atomic_numbers.tolist()
+    assert len(foundation.atomic_numbers) > 3  # more than the data's H, C, O
+    energies = torch.atleast_2d(model.atomic_energies_fn.atomic_energies)[0]
+    foundation_energies = torch.atleast_2d(foundation.atomic_energies_fn.atomic_energies)[0]
+    for index, z in enumerate(foundation.atomic_numbers.tolist()):
+        assert (energies[index] == foundation_energies[index]) == (z not in (1, 6, 8))  # no data: the foundation's E0
+    frames = ase.io.read(workdir / "test.xyz", index=":")
+    rebuilt = load_adapted_model(shared_dir / FOUNDATION, workdir / "allz_adapter.pt")
+    for ours, theirs in zip(energies_and_forces(model, frames), energies_and_forces(rebuilt, frames)):
+        np.testing.assert_allclose(ours, theirs, atol=1e-10, rtol=0)

@@ -625,3 +625,47 @@ def test_sigkill_then_restart_latest_finishes_as_the_uninterrupted_run(aspirin, 
     assert (killed / "resume.model").is_file() and (killed / "resume_swa.model").is_file()
     assert log.rstrip().endswith("INFO: Done")
     assert temporaries(killed) == [] and not list(killed.rglob("*.lock"))
+
+
+def test_heads_train_one_readout_each_on_their_own_data(aspirin, shared_dir, tmp_path) -> None:
+    """--heads from a --config file's heads: mapping: each head its data, E0s, scale and
+    validation line; the last head chooses the checkpoints and keeps the plain set names."""
+    write_frames(tmp_path / "aspirin.xyz", aspirin)
+    write_frames(tmp_path / "ethanol.xyz", ase.io.read(shared_dir / "repro_data/dataset/dataset_rmd17/revised_ethanol/train.xyz", index=":10"))
+    (tmp_path / "heads.yaml").write_text(
+        "heads:\n  asp:\n    train_file: aspirin.xyz\n  eth:\n    train_file: ethanol.xyz\n    E0s: '{1: -13.6, 6: -1029.0, 8: -2041.0}'\n"
+    )
+    argv = TINY_FLAGS + ["--name=heads", "--config=heads.yaml", "--max_num_epochs=2"]
+    assert run_main(tmp_path, argv) == 0
+    model = load_model(tmp_path / "heads.model")
+    assert model.heads == ["asp", "eth"]
+    energies = model.atomic_energies_fn.atomic_energies
+    assert energies.shape == (2, 3) and energies[1].tolist() == [-13.6, -1029.0, -2041.0]
+    assert model.scale_shift.scale.shape == (2,) and model.scale_shift.scale[0] != model.scale_shift.scale[1]
+    log = (tmp_path / "logs" / "heads_run-123.log").read_text()
+    assert "Epoch 1: head asp: loss=" in log and "Epoch 1: head eth: loss=" in log
+    finals = {record["set"] for record in read_results(tmp_path, "heads_run-123") if record["mode"] == "final"}
+    assert finals == {"asp:train", "asp:valid", "train", "valid"}
+    _, ethanol = load_from_xyz(str(tmp_path / "ethanol.xyz"), energy_key="REF_energy", forces_key="REF_forces")
+    own, other = predict(model, ethanol[:2], head="eth"), predict(model, ethanol[:2], head="asp")
+    assert abs(own[0].energy - other[0].energy) > 1e-3
+
+
+def test_heads_of_a_fine_tune_each_start_from_the_foundation_head(aspirin, shared_dir, tmp_path) -> None:
+    from mace.adapters.io import load_adapted_model
+
+    foundation = shared_dir / "conformance/models/small_v0316.model"
+    write_frames(tmp_path / "a.xyz", aspirin[:6])
+    write_frames(tmp_path / "b.xyz", aspirin[4:])
+    heads = "{'first': {'train_file': 'a.xyz'}, 'second': {'train_file': 'b.xyz', 'E0s': 'foundation'}}"
+    argv = TINY_FLAGS + ["--name=ft", f"--heads={heads}", "--max_num_epochs=1", f"--foundation_model={foundation}",
+                         "--default_dtype=float64"]
+    assert run_main(tmp_path, argv) == 0
+    model = load_model(tmp_path / "ft.model", dtype=torch.float64)
+    assert model.heads == ["first", "second"]
+    rebuilt = load_adapted_model(foundation, tmp_path / "ft_adapter.pt")
+    _, configs = load_from_xyz(str(tmp_path / "b.xyz"), energy_key="REF_energy", forces_key="REF_forces")
+    for head in ("first", "second"):
+        for ours, theirs in zip(predict(model, configs, head=head), predict(rebuilt, configs, head=head)):
+            assert abs(ours.energy - theirs.energy) < 1e-10
+            np.testing.assert_allclose(ours.forces, theirs.forces, atol=1e-10, rtol=0)
