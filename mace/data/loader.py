@@ -73,7 +73,7 @@ def make_loader(
         )
         return DataLoader(
             graphs, batch_size=batch_size, sampler=sampler, drop_last=drop_last, collate_fn=collate_graphs,
-            num_workers=num_workers, pin_memory=pin_memory,
+            num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
         )
     generator = None
     if seed is not None:
@@ -88,6 +88,7 @@ def make_loader(
         generator=generator,
         num_workers=num_workers,
         pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,  # no new worker processes (and no wait for them) each epoch
     )
 
 
