@@ -205,7 +205,7 @@ def finetuning_model(
     args: argparse.Namespace, heads: List[HeadData], argv: Sequence[str], device: torch.device, foundation: Path
 ) -> MACE:
     """The foundation restricted to the data's elements, with a copy of its head per head of
-    the run (replay fine-tuning), its adapters and the fine-tuned head's E0s."""
+    the run (--heads, replay fine-tuning), its adapters and each head's E0s."""
     atomic_numbers = run_elements(args, heads)
     given = {flag: getattr(args, flag) for flag in explicit_flag_names(argv) if hasattr(args, flag)}
     model = prepare_foundation(
