@@ -157,8 +157,11 @@ def prepare_foundation(
     elif foundation_head is not None and foundation_head != heads[0]:
         raise UserInputError(f"--foundation_head {foundation_head}: the foundation model has one head, '{heads[0]}'")
     warn_architecture_mismatch(given_architecture or {}, foundation)
-    check_known_elements(foundation, atomic_numbers)
-    model = foundation if keep_all_elements else restrict_to_elements(foundation, atomic_numbers)
+    if keep_all_elements:
+        check_known_elements(foundation, atomic_numbers)  # restrict_to_elements checks them otherwise
+        model = foundation
+    else:
+        model = restrict_to_elements(foundation, atomic_numbers)
     if not keep_readouts:
         reinitialise_readouts(model)
     return model

@@ -65,7 +65,8 @@ def forces_and_virials(
     cells = cell.view(-1, 3, 3)
     volumes = torch.linalg.det(cells).abs().view(-1, 1, 1)
     has_volume = volumes > 0
-    stress = torch.where(has_volume, strain_gradient / torch.where(has_volume, volumes, torch.ones_like(volumes)), torch.zeros_like(strain_gradient))
+    divisor = torch.where(has_volume, volumes, torch.ones_like(volumes))  # no 0/0 where there is no cell
+    stress = torch.where(has_volume, strain_gradient / divisor, torch.zeros_like(strain_gradient))
     return -forces, -strain_gradient, stress
 
 

@@ -358,11 +358,12 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         eta = _eta(epoch_times, self.settings.max_num_epochs - epoch - 1)
         several = len(self.valid_loaders) > 1
-        for head, loader in self.valid_loaders.items():
-            with self.averaged_parameters():
-                valid_loss, metrics = evaluate(
-                    self.model, loader, loss_fn, self.device, request, label=f"Epoch {epoch} validation"
-                )
+        with self.averaged_parameters():
+            evaluations = [
+                (head, *evaluate(self.model, loader, loss_fn, self.device, request, label=f"Epoch {epoch} validation"))
+                for head, loader in self.valid_loaders.items()
+            ]
+        for head, valid_loss, metrics in evaluations:
             if not math.isfinite(valid_loss):
                 raise TrainingDivergedError(f"Epoch {epoch}: the validation loss became {valid_loss}")
             logging.info(
