@@ -45,6 +45,7 @@ from mace.modules.heads import PRETRAINING_HEAD
 UNUSED_KEYS = {"dipole_key": "dipole", "charges_key": "charges"}
 SUPPORTED_SCHEDULERS = ("ReduceLROnPlateau", "ExponentialLR")
 LORA_METHOD = "lora"  # the adapter method upstream's --lora switch selects
+MMEA_METHOD = "mmea"  # the method whose stage two starts with a fresh optimiser by default
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _TRUE_WORDS = ("true", "t", "yes", "y", "1", "on")
@@ -489,6 +490,12 @@ def _add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
     _value(g, "--adapter_lr_factor", float, 1.0,
            "Fine-tuning: the adapters' own parameters (MMEA gates, low-rank factors) train at "
            "this multiple of --lr (and of --swa_lr); 1 is the reference codes' choice.")
+    _value(g, "--swa_reset_optimizer", str2bool, None,
+           "Start the SWA stage with fresh Adam moment estimates. Its loss has gradients about "
+           "ten times smaller than the main stage's, and the main stage's squared-gradient "
+           "averages (AMSGrad keeps their maximum) would shrink every stage-two step by as "
+           "much. Default: on when fine-tuning with MMEA (measured on validation), off "
+           "otherwise (upstream's behaviour).")
     _value(g, "--swa_lr_schedule", str, "constant",
            "Learning rate over the SWA stage: 'constant' (--swa_lr throughout, as upstream) or "
            "'cosine' (from --swa_lr down to zero at the last epoch, half a cosine).",
@@ -936,6 +943,13 @@ def resolve_start_swa(args: argparse.Namespace) -> None:
         )
 
 
+def resolve_swa_reset_optimizer(args: argparse.Namespace) -> None:
+    """Unset: reset at the SWA start for MMEA, the one method whose validation error it was
+    measured to lower; every other run keeps upstream's optimiser state."""
+    if args.swa_reset_optimizer is None:
+        args.swa_reset_optimizer = args.adapter_settings.method == MMEA_METHOD
+
+
 # --------------------------------------------------------------------------------------
 # Adapter settings
 # --------------------------------------------------------------------------------------
@@ -1041,6 +1055,7 @@ def parse_args(
         parser.error(str(exc))
     args.log_level = args.log_level.upper()
     resolve_start_swa(args)
+    resolve_swa_reset_optimizer(args)
     if args.interaction_first is None:
         args.interaction_first = DEFAULT_FIRST_INTERACTION[args.model]
     logging.getLogger(__name__).debug("parsed arguments: %s", vars(args))

@@ -55,6 +55,8 @@ class SWASettings:
 
     ``schedule`` 'constant' keeps ``lr`` to the end (upstream); 'cosine' lowers it along half
     a cosine towards zero at ``end_epoch`` (the first epoch after training).
+    ``reset_optimizer``: forget the optimiser's moment estimates at ``start_epoch``, so that
+    its steps are scaled to the stage-two loss's gradients, not the main stage's.
     """
 
     start_epoch: int
@@ -62,6 +64,7 @@ class SWASettings:
     lr: float
     end_epoch: int
     schedule: str = "constant"
+    reset_optimizer: bool = False
 
     def lr_at(self, epoch: int) -> float:
         if self.schedule == "constant":
@@ -344,6 +347,9 @@ class Trainer:
         if self.in_swa_stage(epoch):
             if epoch == self.swa.start_epoch:
                 logging.info("Epoch %d: starting the SWA stage (changing loss weights, lr -> %g)", epoch, self.swa.lr)
+                if self.swa.reset_optimizer:
+                    self.optimizer.state.clear()
+                    logging.info("Epoch %d: optimiser moment estimates reset for the SWA stage", epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.swa.lr_at(epoch) * group.get("swa_lr_factor", 1.0)
         elif epoch > 0:

@@ -400,6 +400,18 @@ def test_swa_start_defaults_to_three_quarters():
     assert _parse(["--max_num_epochs", "500"]).start_swa is None
 
 
+@pytest.mark.parametrize("extra, expected", [
+    ([], False),
+    (["--foundation_model", "fm.model"], True),
+    (["--foundation_model", "fm.model", "--adapter", "elora"], False),
+    (["--foundation_model", "fm.model", "--adapter", "none"], False),
+    (["--foundation_model", "fm.model", "--swa_reset_optimizer", "False"], False),
+    (["--foundation_model", "fm.model", "--adapter", "elora", "--swa_reset_optimizer", "yes"], True),
+])
+def test_swa_stage_resets_the_optimiser_by_default_only_for_mmea(extra, expected):
+    assert _parse(["--swa"] + extra).swa_reset_optimizer is expected
+
+
 def test_swa_that_never_starts_only_warns():
     with pytest.warns(UserWarning, match="SWA will never start"):
         args = _parse(["--swa", "--start_swa", "600", "--max_num_epochs", "500"])

@@ -691,6 +691,18 @@ def test_swa_stage_switches_loss_weights_and_learning_rate(tmp_path, tiny_model,
     assert set(trainer.progress.best) == {"main", "swa"}
 
 
+@pytest.mark.parametrize("reset", [True, False])
+def test_swa_reset_optimizer_restarts_adam_at_the_swa_stage(tmp_path, tiny_model, water_configs, caplog, reset) -> None:
+    trainer = make_trainer(tmp_path, tiny_model, water_configs, "--swa", "--start_swa=2", "--max_num_epochs=4",
+                           f"--swa_reset_optimizer={reset}")
+    with caplog.at_level(logging.INFO):
+        trainer.run()
+    # One training batch per epoch: a reset at epoch 2 leaves the two stage-two steps counted.
+    steps = {float(state["step"]) for state in trainer.optimizer.state.values()}
+    assert steps == ({2.0} if reset else {4.0})
+    assert ("Epoch 2: optimiser moment estimates reset" in caplog.text) is reset
+
+
 def test_swa_lr_schedules_constant_and_cosine() -> None:
     constant = SWASettings(start_epoch=8, loss_fn=torch.nn.Identity(), lr=0.01, end_epoch=12)
     cosine = SWASettings(start_epoch=8, loss_fn=torch.nn.Identity(), lr=0.01, end_epoch=12, schedule="cosine")
