@@ -70,6 +70,7 @@ from mace.training.checkpoint import CheckpointHandler
 from mace.training.distributed import (
     SINGLE_PROCESS,
     ProcessPlace,
+    barrier,
     end_process_group,
     process_from_environment,
     shard,
@@ -611,6 +612,9 @@ def data_parallel_job(args: argparse.Namespace) -> Iterator[ProcessPlace]:
     start_process_group(place, args.device)
     try:
         yield place
+        # Leave together: a process that tears its group down while a peer still holds
+        # connections to it can abort in gloo's threads after a finished run.
+        barrier()
     finally:
         end_process_group()
 

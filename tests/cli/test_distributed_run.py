@@ -41,7 +41,7 @@ def start_torchrun(cwd: Path, argv: Sequence[str]) -> subprocess.Popen:
 
 def finish(process: subprocess.Popen) -> None:
     _, errors = process.communicate(timeout=600)
-    assert process.returncode == 0, errors[-3000:]
+    assert process.returncode == 0, errors if len(errors) < 8000 else f"{errors[:4000]}\n[...]\n{errors[-4000:]}"
 
 
 @pytest.fixture(scope="module")
