@@ -11,6 +11,7 @@ import torch
 from e3nn import nn as e3nn_nn
 from e3nn import o3
 
+from mace.modules.convolution import channelwise_convolution, channelwise_layout
 from mace.modules.irreps_tools import reshape_irreps, tp_out_irreps_with_instructions
 from mace.modules.radial import (
     AgnesiTransform,
@@ -253,6 +254,26 @@ class InteractionBlock(torch.nn.Module):
         )
         self._build_radial_and_mixing(irreps_mid.simplify())
         self.reshape = reshape_irreps(self.irreps_out)
+        self._prepare_convolution()
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled without ``__init__``: files of upstream (and of our versions before the
+        channel-wise convolution) lack its constants, so they are derived from conv_tp here."""
+        super().__setstate__(state)
+        if "conv_channelwise" not in self.__dict__:
+            self._prepare_convolution()
+
+    def _prepare_convolution(self) -> None:
+        """Constants of :func:`channelwise_convolution` (empty when conv_tp has a shape it
+        does not cover), as buffers left out of the state dict: derived, not learned."""
+        layout = channelwise_layout(self.conv_tp)
+        like = next(self.parameters())  # dtype and device of the block (its layers may be adapter-wrapped)
+        self.conv_channelwise = layout.channels > 0
+        self.conv_channels, self.conv_paths = layout.channels, layout.paths
+        for name in ("coupling", "path_of_column", "input_order", "output_order"):
+            value = getattr(layout, name)
+            value = value.to(like.dtype) if value.is_floating_point() else value
+            self.register_buffer(f"conv_{name}", value.to(like.device), persistent=False)
 
     def _build_radial_and_mixing(self, irreps_mid: o3.Irreps) -> None:
         """The MLP from radial features to tensor-product weights, and the linear mix
@@ -267,6 +288,11 @@ class InteractionBlock(torch.nn.Module):
         self, node_feats: torch.Tensor, edge_attrs: torch.Tensor, tp_weights: torch.Tensor, edge_index: torch.Tensor
     ) -> torch.Tensor:
         """Sender features coupled to their edges, summed on receivers: [n_nodes, irreps_mid.dim]."""
+        if self.conv_channelwise:
+            return channelwise_convolution(
+                node_feats, edge_attrs, tp_weights, edge_index[0], edge_index[1], self.conv_channels, self.conv_paths,
+                self.conv_coupling, self.conv_path_of_column, self.conv_input_order, self.conv_output_order,
+            )
         edge_messages = self.conv_tp(node_feats[edge_index[0]], edge_attrs, tp_weights)
         return scatter_sum(edge_messages, edge_index[1], dim_size=node_feats.shape[0])
 

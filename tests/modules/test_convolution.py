@@ -1,0 +1,114 @@
+"""The channel-wise convolution computes e3nn's conv_tp (summed on receivers) exactly,
+with its first and second derivatives, and replaces it wherever the product has its shape."""
+import copy
+import pickle
+from typing import Callable, Optional
+
+import pytest
+import torch
+from e3nn import o3
+
+from mace.adapters import inject_adapters
+from mace.modules.convolution import channelwise_convolution, channelwise_layout
+from mace.modules.irreps_tools import tp_out_irreps_with_instructions
+from mace.modules.utils import scatter_sum
+from tests.modules.helpers import tiny_model
+
+pytestmark = pytest.mark.usefixtures("float64_default")
+N_NODES, N_EDGES = 7, 23
+
+
+def conv_tp(node_irreps: str, max_ell: int, target: str) -> o3.TensorProduct:
+    """The conv_tp an interaction block builds for these irreps (built in float64: e3nn's
+    Wigner blocks computed in float32 and cast differ by 1e-8)."""
+    node, harmonics = o3.Irreps(node_irreps), o3.Irreps.spherical_harmonics(max_ell)
+    irreps_mid, instructions = tp_out_irreps_with_instructions(node, harmonics, o3.Irreps(target))
+    return o3.TensorProduct(node, harmonics, irreps_mid, instructions=instructions, shared_weights=False, internal_weights=False)
+
+
+def by_e3nn(tp: o3.TensorProduct) -> Callable:
+    return lambda nodes, attrs, weights, sender, receiver: scatter_sum(
+        tp(nodes[sender], attrs, weights), receiver, dim_size=nodes.shape[0]
+    )
+
+
+def channelwise(tp: o3.TensorProduct) -> Callable:
+    layout = channelwise_layout(tp)
+    assert layout.channels > 0
+    return lambda nodes, attrs, weights, sender, receiver: channelwise_convolution(
+        nodes, attrs, weights, sender, receiver, *layout
+    )
+
+
+def inputs(tp: o3.TensorProduct, n_edges: int = N_EDGES) -> tuple:
+    generator = torch.Generator().manual_seed(5)
+    nodes = torch.randn(N_NODES, tp.irreps_in1.dim, generator=generator, dtype=torch.float64, requires_grad=True)
+    attrs = torch.randn(n_edges, tp.irreps_in2.dim, generator=generator, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(n_edges, tp.weight_numel, generator=generator, dtype=torch.float64, requires_grad=True)
+    sender = torch.randint(0, N_NODES, (n_edges,), generator=generator)
+    receiver = torch.randint(0, N_NODES, (n_edges,), generator=generator)
+    return nodes, attrs, weights, sender, receiver
+
+
+def value_and_derivatives(convolution: Callable, nodes, attrs, weights, sender, receiver) -> list:
+    """The output, its gradients, and the gradients of a function of those gradients (what a
+    force loss differentiates)."""
+    output = convolution(nodes, attrs, weights, sender, receiver)
+    probe = torch.linspace(-1.0, 1.0, output.numel(), dtype=torch.float64).view_as(output)
+    first = torch.autograd.grad((output * probe).sum() + (output**2).sum(), [nodes, attrs, weights], create_graph=True)
+    second = torch.autograd.grad(sum((g**2).sum() for g in first[:2]), [nodes, attrs, weights])
+    return [output.detach(), *[g.detach() for g in first], *second]
+
+
+SHAPES = [
+    ("8x0e", 3, "8x0e + 8x1o"),  # first interaction
+    ("8x0e + 8x1o", 3, "8x0e + 8x1o"),  # later interactions, max_L 1
+    ("8x0e + 8x1o + 8x2e", 2, "8x0e + 8x1o + 8x2e"),
+    ("4x0e + 4x1o + 4x2e + 4x3o", 3, "4x0e + 4x1o + 4x2e + 4x3o"),
+]
+
+
+@pytest.mark.parametrize("node_irreps, max_ell, target", SHAPES)
+def test_equals_e3nn_with_first_and_second_derivatives(node_irreps: str, max_ell: int, target: str) -> None:
+    tp = conv_tp(node_irreps, max_ell, target)
+    data = inputs(tp)
+    for ours, reference in zip(value_and_derivatives(channelwise(tp), *data), value_and_derivatives(by_e3nn(tp), *data)):
+        assert torch.allclose(ours, reference, rtol=1e-12, atol=1e-12 * reference.abs().max().item())
+
+
+def test_no_edges_gives_zero_messages() -> None:
+    tp = conv_tp("8x0e + 8x1o", 2, "8x0e + 8x1o")
+    output = channelwise(tp)(*inputs(tp, n_edges=0))
+    assert output.shape == (N_NODES, tp.irreps_out.dim) and not output.any()
+
+
+def test_other_products_are_left_to_e3nn() -> None:
+    assert channelwise_layout(o3.FullyConnectedTensorProduct("4x0e + 4x1o", "2x0e", "4x0e")).channels == 0
+    uneven = o3.Irreps("8x0e + 4x1o")
+    assert channelwise_layout(conv_tp(str(uneven), 2, "8x0e + 4x1o")).channels == 0
+
+
+def test_blocks_use_it_and_keep_their_state_dict_keys() -> None:
+    model = tiny_model()
+    for interaction in model.interactions:
+        assert interaction.conv_channelwise
+    assert not [key for key in model.state_dict() if ".conv_" in key and "conv_tp" not in key]
+
+
+@pytest.mark.parametrize("adapter", [None, "mmea"])
+def test_a_block_unpickled_without_its_constants_derives_them(adapter: Optional[str]) -> None:
+    """Files of upstream, and ours from before (adapted ones too), carry the block without the constants."""
+    model = tiny_model()
+    if adapter is not None:
+        inject_adapters(model, adapter)
+    block = model.interactions[1]
+    state = {key: value for key, value in copy.deepcopy(block).__dict__.items() if key != "conv_channelwise"}
+    state["_buffers"] = {key: value for key, value in state["_buffers"].items() if not key.startswith("conv_")}
+    state["_non_persistent_buffers_set"] = set()
+    restored = pickle.loads(pickle.dumps(block))
+    restored.__dict__.clear()
+    restored.__setstate__(state)
+    assert restored.conv_channelwise
+    for name in ("conv_coupling", "conv_path_of_column", "conv_input_order", "conv_output_order"):
+        assert torch.equal(getattr(restored, name), getattr(block, name))
+    assert "conv_coupling" not in restored.state_dict()
