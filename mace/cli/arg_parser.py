@@ -274,12 +274,15 @@ def hidden_irreps_from_channels(num_channels: int, max_L: int) -> str:
 # --------------------------------------------------------------------------------------
 
 
+OUR_SWA_FLAGS = ("--swa_lr_schedule", "--swa_warmup_epochs")  # not upstream's: no --stage_two* alias
+
+
 def _stage_two_alias(flag: str) -> List[str]:
     """Upstream 0.3.16's second name of a --swa* flag (--stage_two, --start_stage_two,
     --stage_two_lr, --stage_two_forces_weight, ...); the value lands under the --swa* name."""
     if flag == "--start_swa":
         return ["--start_stage_two"]
-    if flag.startswith("--swa") and flag != "--swa_lr_schedule":
+    if flag.startswith("--swa") and flag not in OUR_SWA_FLAGS:
         return ["--stage_two" + flag[len("--swa"):]]
     return []
 
@@ -500,6 +503,9 @@ def _add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
            "Learning rate over the SWA stage: 'constant' (--swa_lr throughout, as upstream) or "
            "'cosine' (from --swa_lr down to zero at the last epoch, half a cosine).",
            choices=["constant", "cosine"])
+    _value(g, "--swa_warmup_epochs", int, 0,
+           "The SWA stage's first N epochs train at a linearly rising share of its rate "
+           "(1/(N+1), 2/(N+1), ...); 0: the full rate at once, as upstream.")
     _value(g, "--weight_decay", float, 5e-07, "L2 penalty on the decayed weights.")
     _value(g, "--lr_params_factors", str, DEFAULT_LR_PARAMS_FACTORS,
            "Learning-rate factor of each block, as a JSON dict (upstream's keys: "
@@ -862,7 +868,7 @@ _FLAG_RANGES: Dict[str, _Range] = {
          "avg_num_neighbors", "std"),
         _POSITIVE),
     **dict.fromkeys(
-        ("max_ell", "start_swa", "num_workers", "scheduler_patience", "weight_decay",
+        ("max_ell", "start_swa", "swa_warmup_epochs", "num_workers", "scheduler_patience", "weight_decay",
          *(f"{prefix}{term}_weight" for prefix in ("", "swa_")
            for term in ("energy", "forces", "stress", "virials", "dipole"))),
         _NON_NEGATIVE),

@@ -370,7 +370,7 @@ def build_trainer(
         swa = SWASettings(
             start_epoch=args.start_swa, loss_fn=swa_loss, lr=args.swa_lr,
             end_epoch=args.max_num_epochs, schedule=args.swa_lr_schedule,
-            reset_optimizer=args.swa_reset_optimizer,
+            reset_optimizer=args.swa_reset_optimizer, warmup_epochs=args.swa_warmup_epochs,
         )
     optimizer_settings = settings_from_flags(OptimizerSettings, args, lr_params_factors=parse_lr_params_factors(args.lr_params_factors))
     optimizer = build_optimizer(model, optimizer_settings)

@@ -55,6 +55,8 @@ class SWASettings:
 
     ``schedule`` 'constant' keeps ``lr`` to the end (upstream); 'cosine' lowers it along half
     a cosine towards zero at ``end_epoch`` (the first epoch after training).
+    ``warmup_epochs``: the stage's first epochs train at a linearly rising share of that rate
+    (1/(W+1), 2/(W+1), ...), so that an optimiser reset does not begin with full-size steps.
     ``reset_optimizer``: forget the optimiser's moment estimates at ``start_epoch``, so that
     its steps are scaled to the stage-two loss's gradients, not the main stage's.
     """
@@ -65,8 +67,12 @@ class SWASettings:
     end_epoch: int
     schedule: str = "constant"
     reset_optimizer: bool = False
+    warmup_epochs: int = 0
 
     def lr_at(self, epoch: int) -> float:
+        return self._scheduled_lr(epoch) * min(1.0, (epoch - self.start_epoch + 1) / (self.warmup_epochs + 1))
+
+    def _scheduled_lr(self, epoch: int) -> float:
         if self.schedule == "constant":
             return self.lr
         progress = (epoch - self.start_epoch) / max(self.end_epoch - self.start_epoch, 1)

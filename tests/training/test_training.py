@@ -712,6 +712,21 @@ def test_swa_lr_schedules_constant_and_cosine() -> None:
     assert expected[0] == 0.01 and expected[-1] < 0.002
 
 
+def test_swa_warmup_raises_the_rate_linearly_then_keeps_the_schedule() -> None:
+    warm = SWASettings(start_epoch=8, loss_fn=torch.nn.Identity(), lr=0.01, end_epoch=14, warmup_epochs=3)
+    assert [warm.lr_at(e) for e in range(8, 14)] == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01], rel=1e-12)
+    cosine = SWASettings(start_epoch=8, loss_fn=torch.nn.Identity(), lr=0.01, end_epoch=12, schedule="cosine", warmup_epochs=1)
+    assert cosine.lr_at(8) == pytest.approx(0.005) and cosine.lr_at(9) == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_swa_warmup_flag_sets_each_stage_two_epoch_rate(tmp_path, tiny_model, water_configs) -> None:
+    trainer = make_trainer(tmp_path, tiny_model, water_configs, "--swa", "--start_swa=2", "--max_num_epochs=5",
+                           "--lr=0.01", "--swa_lr=0.003", "--swa_warmup_epochs=2")
+    trainer.run()
+    lr_by_epoch = {line["epoch"]: line["lr"] for line in eval_lines(trainer)}
+    assert lr_by_epoch[2] == pytest.approx(0.001) and lr_by_epoch[4] == pytest.approx(0.003)
+
+
 def test_cosine_swa_stage_trains_each_epoch_at_its_scheduled_rate(tmp_path, tiny_model, water_configs) -> None:
     trainer = make_trainer(tmp_path, tiny_model, water_configs, "--swa", "--start_swa=2", "--max_num_epochs=4",
                            "--lr=0.01", "--swa_lr=0.002", "--swa_lr_schedule=cosine")
