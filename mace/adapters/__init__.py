@@ -79,6 +79,16 @@ def adapter_parameter_ids(model: torch.nn.Module) -> set:
     }
 
 
+def low_rank_b_parameter_ids(model: torch.nn.Module) -> set:
+    """ids of the adapters' zero-initialised low-rank factors (``lora_B``), the factor that
+    LoRA+ (Hayou et al. 2024) trains at a higher rate than ``lora_A``."""
+    adapters = adapter_parameter_ids(model)
+    return {
+        id(p) for name, p in model.named_parameters()
+        if id(p) in adapters and "lora_B" in name.split(".")
+    }
+
+
 def trainable_parameter_table(model: torch.nn.Module) -> List[Tuple[str, int]]:
     """(module path, trainable parameter count) rows, one per adapter or holding module."""
     adapter_paths = [path for path, m in model.named_modules() if isinstance(m, ADAPTER_MODULES)]

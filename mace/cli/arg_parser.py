@@ -493,6 +493,10 @@ def _add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
     _value(g, "--adapter_lr_factor", float, 1.0,
            "Fine-tuning: the adapters' own parameters (MMEA gates, low-rank factors) train at "
            "this multiple of --lr (and of --swa_lr); 1 is the reference codes' choice.")
+    _value(g, "--low_rank_b_lr_factor", float, 1.0,
+           "Fine-tuning: the low-rank updates' zero-initialised factors (lora_B of ELoRA, MMEA "
+           "and LoRA) train at this further multiple of the adapters' rate (LoRA+); 1 is the "
+           "reference codes' choice.")
     _value(g, "--swa_reset_optimizer", str2bool, None,
            "Start the SWA stage with fresh Adam moment estimates. Its loss has gradients about "
            "ten times smaller than the main stage's, and the main stage's squared-gradient "
@@ -864,7 +868,7 @@ _FLAG_RANGES: Dict[str, _Range] = {
     **dict.fromkeys(
         ("batch_size", "valid_batch_size", "max_num_epochs", "eval_interval", "patience",
          "num_radial_basis", "num_cutoff_basis", "num_interactions", "correlation",
-         "lr", "swa_lr", "adapter_lr_factor", "lr_scheduler_gamma", "clip_grad", "huber_delta",
+         "lr", "swa_lr", "adapter_lr_factor", "low_rank_b_lr_factor", "lr_scheduler_gamma", "clip_grad", "huber_delta",
          "avg_num_neighbors", "std"),
         _POSITIVE),
     **dict.fromkeys(

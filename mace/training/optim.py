@@ -10,11 +10,11 @@ Only trainable parameters enter, so frozen foundation weights get no optimiser s
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from mace.adapters import adapter_parameter_ids
+from mace.adapters import adapter_parameter_ids, low_rank_b_parameter_ids
 from mace.core.errors import UserInputError
 from mace.modules.models import MACE
 
@@ -46,14 +46,29 @@ BLOCK_LR_FACTOR_KEYS = {
 }
 
 
+def adapter_rate_factors(model: MACE, adapter_lr_factor: float, low_rank_b_lr_factor: float) -> Dict[int, Tuple[str, float]]:
+    """(group suffix, rate factor) of each adapter parameter that trains at another rate than
+    its block: every adapter parameter at ``adapter_lr_factor``, the low-rank ``lora_B``
+    factors at ``low_rank_b_lr_factor`` times that."""
+    if adapter_lr_factor == 1.0 and low_rank_b_lr_factor == 1.0:
+        return {}
+    b_ids = low_rank_b_parameter_ids(model) if low_rank_b_lr_factor != 1.0 else set()
+    return {
+        pid: ("_low_rank_b", adapter_lr_factor * low_rank_b_lr_factor) if pid in b_ids else ("_adapters", adapter_lr_factor)
+        for pid in adapter_parameter_ids(model)
+    }
+
+
 def parameter_groups(
-    model: MACE, weight_decay: float, adapter_lr_factor: float = 1.0, block_lr_factors: Optional[Mapping[str, float]] = None
+    model: MACE, weight_decay: float, adapter_lr_factor: float = 1.0, block_lr_factors: Optional[Mapping[str, float]] = None,
+    low_rank_b_lr_factor: float = 1.0,
 ) -> List[Dict[str, Any]]:
     """Upstream's groups, each at its block's rate factor (``block_lr_factors``, upstream's
-    --lr_params_factors keys, 1 when absent); with ``adapter_lr_factor`` != 1 the adapters'
-    own parameters (MMEA gates, low-rank factors) form parallel ``*_adapters`` groups whose
-    rate is also scaled by it. In the SWA stage every group trains at --swa_lr (upstream's
-    SWALR sets one rate for all), times the adapter factor (``swa_lr_factor``)."""
+    --lr_params_factors keys, 1 when absent); adapter parameters at another rate
+    (:func:`adapter_rate_factors`) form parallel ``*_adapters`` and ``*_low_rank_b`` groups
+    whose rate is also scaled by their factor. In the SWA stage every group trains at
+    --swa_lr (upstream's SWALR sets one rate for all), times its adapter factor
+    (``swa_lr_factor``)."""
     block_lr_factors = block_lr_factors or {}
     interactions = _interaction_groups(model)
     grouped = {
@@ -64,17 +79,18 @@ def parameter_groups(
         "readouts": (trainable_parameters(model.readouts.parameters()), 0.0),
     }
     _log_unoptimised(model, {id(p) for params, _ in grouped.values() for p in params})
-    adapter_ids = adapter_parameter_ids(model) if adapter_lr_factor != 1.0 else set()
+    factors = adapter_rate_factors(model, adapter_lr_factor, low_rank_b_lr_factor)
     groups = []
     for name, (params, decay) in grouped.items():
-        own = [p for p in params if id(p) not in adapter_ids]
-        adapters = [p for p in params if id(p) in adapter_ids]
         block_factor = float(block_lr_factors.get(BLOCK_LR_FACTOR_KEYS[name], 1.0))
-        groups.append({"name": name, "params": own, "weight_decay": decay, "lr_factor": block_factor, "swa_lr_factor": 1.0})
-        groups.append({
-            "name": f"{name}_adapters", "params": adapters, "weight_decay": decay,
-            "lr_factor": block_factor * adapter_lr_factor, "swa_lr_factor": adapter_lr_factor,
-        })
+        by_suffix: Dict[Tuple[str, float], List[torch.nn.Parameter]] = {("", 1.0): []}
+        for p in params:
+            by_suffix.setdefault(factors.get(id(p), ("", 1.0)), []).append(p)
+        for (suffix, factor), members in by_suffix.items():
+            groups.append({
+                "name": name + suffix, "params": members, "weight_decay": decay,
+                "lr_factor": block_factor * factor, "swa_lr_factor": factor,
+            })
     return [group for group in groups if group["params"]]
 
 
@@ -96,6 +112,7 @@ class OptimizerSettings:
     weight_decay: float = 5e-7
     amsgrad: bool = True
     adapter_lr_factor: float = 1.0
+    low_rank_b_lr_factor: float = 1.0
     lr_params_factors: Mapping[str, float] = dataclasses.field(default_factory=dict)
     scheduler: str = "ReduceLROnPlateau"
     lr_factor: float = 0.8
@@ -104,7 +121,9 @@ class OptimizerSettings:
 
 
 def build_optimizer(model: MACE, settings: OptimizerSettings) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, settings.weight_decay, settings.adapter_lr_factor, settings.lr_params_factors)
+    groups = parameter_groups(
+        model, settings.weight_decay, settings.adapter_lr_factor, settings.lr_params_factors, settings.low_rank_b_lr_factor
+    )
     if not groups:
         raise UserInputError("No parameter is left to optimise (every block is frozen): lower --freeze")
     for group in groups:

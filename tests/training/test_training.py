@@ -485,6 +485,19 @@ def test_adapter_lr_factor_gives_the_adapters_own_groups_at_a_scaled_rate(tiny_m
     assert _ids(p for g in unscaled for p in g["params"]) == _ids(p for g in groups for p in g["params"])
 
 
+def test_low_rank_b_factors_train_at_their_own_multiple_of_the_adapter_rate(tiny_model: MACE) -> None:
+    model = inject_adapters(tiny_model, "mmea")
+    b_ids = _ids(p for name, p in model.named_parameters() if name.split(".")[-1] == "lora_B" or ".lora_B." in name)
+    adapter_ids = adapter_parameter_ids(model)
+    assert b_ids and b_ids < adapter_ids
+    optimizer = build_optimizer(model, OptimizerSettings(lr=0.01, adapter_lr_factor=2.0, low_rank_b_lr_factor=4.0))
+    rate_of = {id(p): (round(group["lr"], 12), group["swa_lr_factor"]) for group in optimizer.param_groups for p in group["params"]}
+    assert {rate_of[pid] for pid in b_ids} == {(0.08, 8.0)}
+    assert {rate_of[pid] for pid in adapter_ids - b_ids} == {(0.02, 2.0)}
+    assert {rate_of[pid] for pid in set(rate_of) - adapter_ids} == {(0.01, 1.0)}
+    assert all(group["name"].endswith("_low_rank_b") == (group["swa_lr_factor"] == 8.0) for group in optimizer.param_groups)
+
+
 def test_lr_params_factors_scale_each_block_and_the_swa_stage_ignores_them(tiny_model: MACE) -> None:
     factors = {"embedding_lr_factor": 0.5, "interactions_lr_factor": 2.0, "readouts_lr_factor": 0.0}
     optimizer = build_optimizer(tiny_model, OptimizerSettings(lr=0.01, lr_params_factors=factors))
