@@ -274,6 +274,10 @@ def hidden_irreps_from_channels(num_channels: int, max_L: int) -> str:
 # --------------------------------------------------------------------------------------
 
 
+# Stage-two warm-up after an optimiser reset: fresh Adam moments make the first steps as
+# large as the rate in every parameter; measured on the cpu100 validation sets (benchmarks/README.md).
+RESET_WARMUP_EPOCHS = 4
+
 OUR_SWA_FLAGS = ("--swa_lr_schedule", "--swa_warmup_epochs")  # not upstream's: no --stage_two* alias
 
 
@@ -507,9 +511,11 @@ def _add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
            "Learning rate over the SWA stage: 'constant' (--swa_lr throughout, as upstream) or "
            "'cosine' (from --swa_lr down to zero at the last epoch, half a cosine).",
            choices=["constant", "cosine"])
-    _value(g, "--swa_warmup_epochs", int, 0,
+    _value(g, "--swa_warmup_epochs", int, None,
            "The SWA stage's first N epochs train at a linearly rising share of its rate "
-           "(1/(N+1), 2/(N+1), ...); 0: the full rate at once, as upstream.")
+           "(1/(N+1), 2/(N+1), ...); 0: the full rate at once, as upstream. Default: "
+           f"{RESET_WARMUP_EPOCHS} when the stage starts with a fresh optimiser "
+           "(--swa_reset_optimizer), else 0.")
     _value(g, "--weight_decay", float, 5e-07, "L2 penalty on the decayed weights.")
     _value(g, "--lr_params_factors", str, DEFAULT_LR_PARAMS_FACTORS,
            "Learning-rate factor of each block, as a JSON dict (upstream's keys: "
@@ -958,6 +964,8 @@ def resolve_swa_reset_optimizer(args: argparse.Namespace) -> None:
     measured to lower; every other run keeps upstream's optimiser state."""
     if args.swa_reset_optimizer is None:
         args.swa_reset_optimizer = args.adapter_settings.method == MMEA_METHOD
+    if args.swa_warmup_epochs is None:
+        args.swa_warmup_epochs = RESET_WARMUP_EPOCHS if args.swa_reset_optimizer else 0
 
 
 # --------------------------------------------------------------------------------------

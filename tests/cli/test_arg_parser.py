@@ -11,6 +11,7 @@ from mace.cli import arg_parser
 from mace.adapters.config import LoRAConfig, MMEAConfig
 from mace.adapters.settings import AdapterSettings
 from mace.cli.arg_parser import (
+    RESET_WARMUP_EPOCHS,
     UserInputError,
     adapter_settings,
     build_parser,
@@ -410,6 +411,19 @@ def test_swa_start_defaults_to_three_quarters():
 ])
 def test_swa_stage_resets_the_optimiser_by_default_only_for_mmea(extra, expected):
     assert _parse(["--swa"] + extra).swa_reset_optimizer is expected
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--foundation_model", "fm.model"], RESET_WARMUP_EPOCHS),
+    (["--foundation_model", "fm.model", "--swa_warmup_epochs", "0"], 0),
+    (["--foundation_model", "fm.model", "--swa_reset_optimizer", "False"], 0),
+    (["--foundation_model", "fm.model", "--adapter", "elora"], 0),
+    (["--foundation_model", "fm.model", "--adapter", "elora", "--swa_reset_optimizer", "yes"], RESET_WARMUP_EPOCHS),
+    (["--swa_warmup_epochs", "2"], 2),
+])
+def test_swa_warmup_follows_the_optimiser_reset_unless_given(extra, expected):
+    assert RESET_WARMUP_EPOCHS > 0
+    assert _parse(["--swa"] + extra).swa_warmup_epochs == expected
 
 
 def test_swa_that_never_starts_only_warns():
