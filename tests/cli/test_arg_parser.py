@@ -320,6 +320,8 @@ def test_rejections_exit_2_naming_the_flag(capsys, extra, flag):
         (["--mean=nan"], "--mean must be a finite number, got nan"),
         (["--std=-inf"], "--std must be a finite positive number"),
         (["--adapter_lr_factor=inf"], "--adapter_lr_factor must be a finite positive number"),
+        (["--low_rank_b_lr_factor=0"], "--low_rank_b_lr_factor must be a finite positive number"),
+        (["--swa_warmup_epochs=-1"], "--swa_warmup_epochs must be a finite non-negative number"),
         (["--E0s={1: 1e999}"], "--E0s: the dict literal holds an energy that is NaN or inf"),
         (["--config_type_weights={'Default': -1}"], "--config_type_weights: weights must be finite and non-negative"),
         (["--config_type_weights={'Default': 1e999}"], "--config_type_weights: weights must be finite"),
