@@ -974,9 +974,15 @@ def anchored_markdown(
     num_test: int,
     failures: Mapping[str, str],
     command_line: str,
+    carried: Sequence[Run] = (),
 ) -> str:
     """RESULTS.md of an anchored protocol: settings, the command, the three tables, how to read them."""
     better = [better_target_line(summaries["mmea"]), ""] if "mmea" in summaries else []
+    carried_line = [
+        "Carried over from the previous report's results.json (their work folders are not on the "
+        f"machine that wrote this one): {', '.join(run.label for run in carried)}.",
+        "",
+    ] if carried else []
     parts = [
         f"# Protocol {settings.protocol.name}: fine-tuning methods on {settings.dataset} against the anchors",
         "",
@@ -1001,6 +1007,7 @@ def anchored_markdown(
         "",
         "## Every run",
         "",
+        *carried_line,
         per_run_table(scores),
         "",
         "## How to read it",
@@ -1184,11 +1191,43 @@ def write_comparison_report(
     return 1 if failures else 0
 
 
+def carried_over_scores(settings: BenchmarkSettings, missing: Sequence[Run]) -> Dict[Run, RunScore]:
+    """The successful runs of the existing results.json (same protocol, foundation and test
+    file) among ``missing``: work folders are not in git, so a report redone on another
+    machine keeps those runs' numbers as the earlier report gave them."""
+    path = settings.out / "results.json"
+    if not missing or not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    same_inputs = (
+        earlier.get("protocol") == json.loads(json.dumps(asdict(settings.protocol)))
+        and earlier.get("foundation") == _display_path(settings.foundation)
+        and earlier.get("test_file") == _display_path(settings.test_file)
+    )
+    if not same_inputs:
+        return {}
+    found = {(entry["method"], entry["seed"]): entry for entry in earlier.get("runs", []) if entry.get("returncode") == 0}
+    return {
+        run: RunScore(**{
+            **found[tuple(run)],
+            "final": ErrorMetrics(**found[tuple(run)]["final"]),
+            "main_best": ErrorMetrics(**found[tuple(run)]["main_best"]),
+        })
+        for run in missing
+        if tuple(run) in found
+    }
+
+
 def write_anchored_report(
     settings: BenchmarkSettings, records: Mapping[Run, RunRecord], configs: Sequence[Configuration], command_line: str
 ) -> int:
-    """RESULTS.md and results.json of an anchored protocol (cpu100); 1 if a run failed."""
-    scores = [score_run(run, record, settings, configs) for run, record in records.items()]
+    """RESULTS.md and results.json of an anchored protocol (cpu100); 1 if a run failed. Runs
+    without a work folder here keep their numbers from the existing results.json."""
+    carried = carried_over_scores(settings, [run for run in settings.runs() if run not in records])
+    for run in carried:
+        announce(run, "no work folder here: its numbers are carried over from the existing results.json")
+    scored = {run: score_run(run, record, settings, configs) for run, record in records.items()}
+    scores = [scored.get(run) or carried[run] for run in settings.runs() if run in scored or run in carried]
     summaries = {
         method: summarize_method(method, [score for score in scores if score.method == method])
         for method in settings.methods
@@ -1198,7 +1237,7 @@ def write_anchored_report(
         for run, record in records.items()
         if record.returncode != 0
     }
-    report = anchored_markdown(settings, scores, summaries, len(configs), failures, command_line)
+    report = anchored_markdown(settings, scores, summaries, len(configs), failures, command_line, list(carried))
     (settings.out / "RESULTS.md").write_text(report, encoding="utf-8")
     numbers = anchored_json(settings, scores, summaries, len(configs), command_line)
     (settings.out / "results.json").write_text(json.dumps(numbers, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -33,6 +33,7 @@ from benchmarks.compare_methods import (
     Spread,
     anchor_table,
     anchored_json,
+    carried_over_scores,
     anchored_markdown,
     better_target_line,
     bound_mark,
@@ -377,6 +378,21 @@ def test_report_only_trains_nothing_and_reports_the_finished_runs(tmp_path, caps
     records = train_all(settings, [], reuse=False, report_only=True)
     assert list(records) == [Run("mmea", 123), Run("mmea", 124), Run("elora", 123)]
     assert "[elora seed 124] no finished run" in capsys.readouterr().out
+
+
+def test_runs_without_a_work_folder_keep_the_numbers_of_the_existing_results_json(tmp_path):
+    settings = replace(_settings(tmp_path, PROTOCOLS["cpu100"], methods=("mmea", "elora")), seeds=(123, 124))
+    earlier = [_score("mmea", 123, 21.0, 40.0, 40.5), _score("elora", 124, 20.0, 41.0, 41.5), _failed("elora", 123)]
+    summaries = {method: summarize_method(method, [s for s in earlier if s.method == method]) for method in ("mmea", "elora")}
+    numbers = anchored_json(settings, earlier, summaries, 1000, "python benchmarks/compare_methods.py")
+    missing = [Run("mmea", 123), Run("elora", 123), Run("elora", 124)]
+    assert carried_over_scores(settings, missing) == {}  # no results.json yet
+    settings.out.mkdir(parents=True, exist_ok=True)
+    (settings.out / "results.json").write_text(json.dumps(numbers))
+    carried = carried_over_scores(settings, missing)
+    assert carried == {Run("mmea", 123): earlier[0], Run("elora", 124): earlier[1]}  # the failed run is not kept
+    other_test_file = replace(settings, test_file=tmp_path / "other.xyz")
+    assert carried_over_scores(other_test_file, missing) == {}
 
 
 def test_spread_over_seeds_is_mean_and_half_range():
