@@ -1206,16 +1206,14 @@ def carried_over_scores(settings: BenchmarkSettings, missing: Sequence[Run]) -> 
     )
     if not same_inputs:
         return {}
-    found = {(entry["method"], entry["seed"]): entry for entry in earlier.get("runs", []) if entry.get("returncode") == 0}
-    return {
-        run: RunScore(**{
-            **found[tuple(run)],
-            "final": ErrorMetrics(**found[tuple(run)]["final"]),
-            "main_best": ErrorMetrics(**found[tuple(run)]["main_best"]),
+    found = {
+        Run(entry["method"], entry["seed"]): RunScore(**{
+            **entry, "final": ErrorMetrics(**entry["final"]), "main_best": ErrorMetrics(**entry["main_best"]),
         })
-        for run in missing
-        if tuple(run) in found
+        for entry in earlier.get("runs", [])
+        if entry.get("returncode") == 0
     }
+    return {run: found[run] for run in missing if run in found}
 
 
 def write_anchored_report(

@@ -964,6 +964,10 @@ def resolve_swa_reset_optimizer(args: argparse.Namespace) -> None:
     measured to lower; every other run keeps upstream's optimiser state."""
     if args.swa_reset_optimizer is None:
         args.swa_reset_optimizer = args.adapter_settings.method == MMEA_METHOD
+
+
+def resolve_swa_warmup_epochs(args: argparse.Namespace) -> None:
+    """Unset: warm stage two's rate up only where its optimiser starts afresh."""
     if args.swa_warmup_epochs is None:
         args.swa_warmup_epochs = RESET_WARMUP_EPOCHS if args.swa_reset_optimizer else 0
 
@@ -1074,6 +1078,7 @@ def parse_args(
     args.log_level = args.log_level.upper()
     resolve_start_swa(args)
     resolve_swa_reset_optimizer(args)
+    resolve_swa_warmup_epochs(args)
     if args.interaction_first is None:
         args.interaction_first = DEFAULT_FIRST_INTERACTION[args.model]
     logging.getLogger(__name__).debug("parsed arguments: %s", vars(args))

@@ -732,19 +732,20 @@ def test_swa_warmup_raises_the_rate_linearly_then_keeps_the_schedule() -> None:
     assert cosine.lr_at(8) == pytest.approx(0.005) and cosine.lr_at(9) == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi / 4)))
 
 
-def test_swa_warmup_flag_sets_each_stage_two_epoch_rate(tmp_path, tiny_model, water_configs) -> None:
-    trainer = make_trainer(tmp_path, tiny_model, water_configs, "--swa", "--start_swa=2", "--max_num_epochs=5",
-                           "--lr=0.01", "--swa_lr=0.003", "--swa_warmup_epochs=2")
+def evaluated_rates(tmp_path, tiny_model, water_configs, *flags: str) -> dict:
+    """The learning rate of each evaluated epoch of a run with stage two from epoch 2."""
+    trainer = make_trainer(tmp_path, tiny_model, water_configs, "--swa", "--start_swa=2", "--lr=0.01", *flags)
     trainer.run()
-    lr_by_epoch = {line["epoch"]: line["lr"] for line in eval_lines(trainer)}
+    return {line["epoch"]: line["lr"] for line in eval_lines(trainer)}
+
+
+def test_swa_warmup_flag_sets_each_stage_two_epoch_rate(tmp_path, tiny_model, water_configs) -> None:
+    lr_by_epoch = evaluated_rates(tmp_path, tiny_model, water_configs, "--max_num_epochs=5", "--swa_lr=0.003", "--swa_warmup_epochs=2")
     assert lr_by_epoch[2] == pytest.approx(0.001) and lr_by_epoch[4] == pytest.approx(0.003)
 
 
 def test_cosine_swa_stage_trains_each_epoch_at_its_scheduled_rate(tmp_path, tiny_model, water_configs) -> None:
-    trainer = make_trainer(tmp_path, tiny_model, water_configs, "--swa", "--start_swa=2", "--max_num_epochs=4",
-                           "--lr=0.01", "--swa_lr=0.002", "--swa_lr_schedule=cosine")
-    trainer.run()
-    lr_by_epoch = {line["epoch"]: line["lr"] for line in eval_lines(trainer)}
+    lr_by_epoch = evaluated_rates(tmp_path, tiny_model, water_configs, "--max_num_epochs=4", "--swa_lr=0.002", "--swa_lr_schedule=cosine")
     assert lr_by_epoch[2] == pytest.approx(0.002) and lr_by_epoch[3] == pytest.approx(0.001)
 
 
