@@ -1,6 +1,11 @@
 """Graphs carry every field the model and loss read; batches offset edges correctly."""
+import io
+import pickle
+from multiprocessing.reduction import ForkingPickler
+
 import numpy as np
 import torch
+import torch.multiprocessing  # noqa: F401  (registers the reductions that share tensors between processes)
 
 from mace.data import (
     Configuration,
@@ -9,6 +14,7 @@ from mace.data import (
     graph_from_configuration,
     make_loader,
 )
+from mace.data.loader import WorkerBatch, restore_shuffle_state, shuffle_state
 from mace.core.atomic_numbers import atomic_number_table_from_zs
 
 Z_TABLE = atomic_number_table_from_zs([1, 6, 8])
@@ -107,3 +113,42 @@ def test_loader_shuffling_is_reproducible_with_seed():
     unshuffled = make_loader(graphs, batch_size=5, shuffle=False, drop_last=True)
     assert [len(batch["ptr"]) - 1 for batch in unshuffled] == [5, 5]
 
+
+
+def numbered_graphs(count: int) -> list:
+    return [graph_from_configuration(molecule(2, i, energy=float(i)), Z_TABLE, 3.0) for i in range(count)]
+
+
+def epoch_orders(loader, epochs: int) -> list:
+    return [[batch["energy"].tolist() for batch in loader] for _ in range(epochs)]
+
+
+def test_shuffled_order_of_every_epoch_does_not_depend_on_workers():
+    graphs = numbered_graphs(12)
+    orders = [epoch_orders(make_loader(graphs, batch_size=5, shuffle=True, seed=3, num_workers=workers), 3)
+              for workers in (0, 1)]
+    assert orders[0] == orders[1]
+    assert orders[0][0] != orders[0][1]
+
+
+def test_a_resumed_loader_with_workers_shuffles_as_the_uninterrupted_one():
+    graphs = numbered_graphs(12)
+    uninterrupted = make_loader(graphs, batch_size=5, shuffle=True, seed=3, num_workers=1)
+    first = epoch_orders(uninterrupted, 1)
+    saved = shuffle_state(uninterrupted)
+    later = epoch_orders(uninterrupted, 2)
+    resumed = make_loader(graphs, batch_size=5, shuffle=True, seed=3, num_workers=1)
+    restore_shuffle_state(resumed, saved)
+    assert epoch_orders(resumed, 2) == later != first * 2
+
+
+def test_worker_batches_travel_as_one_buffer_per_dtype():
+    batch = collate_graphs(numbered_graphs(3))
+    buffer = io.BytesIO()
+    ForkingPickler(buffer).dump(WorkerBatch(batch))
+    received = pickle.loads(buffer.getvalue())
+    assert type(received) is dict and list(received) == list(batch)
+    for key, value in batch.items():
+        assert received[key].dtype == value.dtype and torch.equal(received[key], value), key
+    _, (_, buffers) = WorkerBatch(batch).__reduce__()
+    assert sorted(map(str, buffers)) == sorted({str(value.dtype) for value in batch.values()})

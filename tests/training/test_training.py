@@ -24,6 +24,7 @@ from mace.adapters import adapter_parameter_ids, freeze_blocks, inject_adapters
 from mace.adapters.elora import make_radial_basis_trainable
 from mace.data import Configuration, load_from_xyz
 from mace.data.datasets import Datasets
+from mace.data.loader import shuffle_state
 from mace.modules.builder import ModelSettings, build_model
 from mace.modules.loss import (
     EnergyForcesLoss,
@@ -811,7 +812,7 @@ def test_a_restored_run_shuffles_and_ends_bitwise_as_the_uninterrupted_one(tmp_p
     resumed.run()
     final = CheckpointHandler.load(whole.checkpoints.latest(), torch.device("cpu"))
     assert final["shuffle_generator"].dtype == torch.uint8
-    assert torch.equal(resumed.train_loader.generator.get_state(), final["shuffle_generator"])
+    assert torch.equal(shuffle_state(resumed.train_loader), final["shuffle_generator"])
     for key, value in resumed.model.state_dict().items():
         assert torch.equal(value, whole.model.state_dict()[key]), key
     assert [line["loss"] for line in eval_lines(resumed)] == [line["loss"] for line in eval_lines(whole)[1:]]
