@@ -117,6 +117,8 @@ print(json.dumps({"median_s": statistics.median(times), "peak_rss_mb": resource.
 OUR_CHILD = """
 import json, sys
 import ase.io, torch
+from mace.core.torch_setup import keep_freed_memory
+keep_freed_memory()  # as run_train and eval_configs do
 from mace.adapters import inject_adapters
 from mace.data import batch_to_device, collate_graphs, config_from_atoms
 from mace.modules.loading import load_model

@@ -18,7 +18,7 @@ from mace.cli.entry import add_trust_pickle_flag, run_cli
 from mace.core.errors import UserInputError
 from mace.core.files import atomic_write
 from mace.modules.predict import predict
-from mace.core.torch_setup import select_device, dtype_from_name
+from mace.core.torch_setup import dtype_from_name, keep_freed_memory, select_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,7 @@ def evaluate_file(args: argparse.Namespace) -> int:
     dtype = dtype_from_name(args.default_dtype)
     torch.set_default_dtype(dtype)
     device = select_device(args.device)
+    keep_freed_memory()
     model = load_model(args.model, device=device, dtype=dtype, trust_pickle=args.trust_pickle)
     frames = read_frames(args.configs)
     configs = [config_from_atoms(atoms) for atoms in frames]

@@ -64,7 +64,7 @@ from mace.core.atomic_numbers import AtomicNumberTable
 from mace.core.errors import UserInputError, one_line
 from mace.core.files import remove_stale_temporaries, unwritable_folder_reason
 from mace.core.run_lock import RunLock
-from mace.core.torch_setup import dtype_from_name, select_device, set_seeds
+from mace.core.torch_setup import dtype_from_name, keep_freed_memory, select_device, set_seeds
 from mace.modules.predict import model_graphs
 from mace.training.checkpoint import CheckpointHandler
 from mace.training.distributed import (
@@ -589,6 +589,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """
     paths = RunPaths.from_args(args)
     check_output_locations(paths)
+    keep_freed_memory()
     with data_parallel_job(args) as place, torch.jit.optimized_execution(False):
         if not place.is_main:  # the main process locks, logs and writes for the job
             setup_logging("WARNING", None)
