@@ -25,7 +25,36 @@ def test_the_report_divides_ours_by_upstream_and_adapters_by_full() -> None:
         {"shape": "m", "mode": "infer", "method": "none", "code": "ours", "median_s": 0.5, "peak_rss_mb": 500.0, "trainable": 10},
     ]
     text = speed.report(rows, ["m"], {"when": "now", "command": "c", "machine": "x", "threads": 1, "steps": 3,
-                                      "upstream": None, "off23_writer": "ours"})
+                                      "upstream": None, "off23_writer": "ours", "cli_epochs": 0}, [])
+    assert "run_train" not in text
     assert "| m | training, full | 1.000 | 4.000 | 0.25 |" in text
     assert "| m | inference | 0.500 | - | - |" in text
     assert "| m | mmea | 3 | 0.700 | 0.70 | 400 | 0.50 | 900 |" in text
+
+
+def test_the_command_line_table_divides_seconds_per_epoch() -> None:
+    cli_rows = [
+        {"dtype": "float64", "method": "none", "code": "ours", "epoch_s": 3.0, "startup_s": 9.0},
+        {"dtype": "float64", "method": "mmea", "code": "ours", "epoch_s": 2.4, "startup_s": 9.0},
+        {"dtype": "float64", "method": "none", "code": "upstream", "epoch_s": 6.0, "startup_s": 20.0},
+    ]
+    text = speed.report([], [], {"when": "now", "command": "c", "machine": "x", "threads": 1, "steps": 3,
+                                 "upstream": "u", "off23_writer": "ours", "cli_epochs": 3}, cli_rows)
+    assert "wall of 4 epochs minus wall of 1, over 3" in text
+    assert "| float64 | 3.00 | 6.00 | 0.50 | 2.40 | 0.80 |" in text
+    assert "| float32 | - | - | - | - | - |" in text
+
+
+def test_run_train_is_timed_per_epoch_from_two_real_commands(monkeypatch) -> None:
+    walls = {"--max_num_epochs=1": 10.0, "--max_num_epochs=4": 19.0}
+    seen = []
+
+    def fake_seconds(python, flags, threads):
+        seen.append(flags)
+        return walls[flags[-1]]
+
+    monkeypatch.setattr(speed, "run_train_seconds", fake_seconds)
+    row = speed.measure_cli_epochs("upstream", "python", "none", "float32", 3, 1)
+    assert row["epoch_s"] == pytest.approx(3.0) and row["startup_s"] == 10.0
+    assert all("--multiheads_finetuning=False" in flags and "--default_dtype=float32" in flags for flags in seen)
+    assert not any(flag.startswith("--adapter") for flags in seen for flag in flags)
