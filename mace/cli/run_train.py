@@ -70,11 +70,9 @@ from mace.training.checkpoint import CheckpointHandler
 from mace.training.distributed import (
     SINGLE_PROCESS,
     ProcessPlace,
-    barrier,
-    end_process_group,
+    joined_process_group,
     process_from_environment,
     shard,
-    start_process_group,
 )
 from mace.training.optim import OptimizerSettings, build_optimizer, build_scheduler, trainable_parameters
 from mace.training.reporting import evaluate_sets, log_error_table, write_final_errors, write_parameter_counts
@@ -610,14 +608,8 @@ def data_parallel_job(args: argparse.Namespace) -> Iterator[ProcessPlace]:
         yield SINGLE_PROCESS
         return
     place = process_from_environment(args.launcher)
-    start_process_group(place, args.device)
-    try:
+    with joined_process_group(place, args.device):
         yield place
-        # Leave together: a process that tears its group down while a peer still holds
-        # connections to it can abort in gloo's threads after a finished run.
-        barrier()
-    finally:
-        end_process_group()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -7,10 +7,11 @@ DistributedDataParallel average the gradients. Nothing here is our own communica
 layer: the helpers below only wrap torch.distributed calls so that the single-process path
 (no group) runs the same code.
 """
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -100,6 +101,22 @@ def start_process_group(place: ProcessPlace, device_type: str) -> None:
 def end_process_group() -> None:
     if is_distributed():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def joined_process_group(place: ProcessPlace, device_type: str) -> Iterator[None]:
+    """Hold the process group for the body; after a normal end, leave it together.
+
+    A process that tears its group down while a peer still holds connections to it (rank 0
+    hosts the rendezvous store) can abort in gloo's threads after finished work, hence the
+    barrier; after an error the peers may never reach it, so then the group is only torn down.
+    """
+    start_process_group(place, device_type)
+    try:
+        yield
+        barrier()
+    finally:
+        end_process_group()
 
 
 def is_distributed() -> bool:

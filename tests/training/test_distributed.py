@@ -15,10 +15,9 @@ from mace.modules.loss import build_loss
 from mace.training.distributed import (
     SINGLE_PROCESS,
     ProcessPlace,
-    end_process_group,
+    joined_process_group,
     process_from_environment,
     shard,
-    start_process_group,
 )
 from mace.training.metrics import ErrorAccumulator
 from mace.training.train import data_parallel
@@ -91,15 +90,12 @@ def _gradients(model: torch.nn.Module, module: torch.nn.Module, configs: List[Co
 def _rank_gradients(rank: int, port: int, folder: str) -> None:
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
-    start_process_group(ProcessPlace(rank, 2, rank, "127.0.0.1", str(port)), "cpu")
-    try:
+    with joined_process_group(ProcessPlace(rank, 2, rank, "127.0.0.1", str(port)), "cpu"):
         torch.manual_seed(0)
         model = tiny_model()
         configs = _labelled_molecules(4)[2 * rank : 2 * rank + 2]
         gradients = _gradients(model, data_parallel(model, torch.device("cpu")), configs)
         torch.save(gradients, Path(folder) / f"rank{rank}.pt")
-    finally:
-        end_process_group()
 
 
 def test_two_gloo_processes_get_the_gradients_of_one_process_on_the_union_of_their_batches(tmp_path: Path) -> None:
