@@ -406,12 +406,14 @@ def test_swa_start_defaults_to_three_quarters():
 @pytest.mark.parametrize("extra, expected", [
     ([], False),
     (["--foundation_model", "fm.model"], True),
-    (["--foundation_model", "fm.model", "--adapter", "elora"], False),
-    (["--foundation_model", "fm.model", "--adapter", "none"], False),
+    (["--foundation_model", "fm.model", "--adapter", "elora"], True),
+    (["--foundation_model", "fm.model", "--adapter", "none"], True),
+    (["--foundation_model", "fm.model", "--adapter", "lora"], False),
     (["--foundation_model", "fm.model", "--swa_reset_optimizer", "False"], False),
-    (["--foundation_model", "fm.model", "--adapter", "elora", "--swa_reset_optimizer", "yes"], True),
+    (["--foundation_model", "fm.model", "--adapter", "lora", "--swa_reset_optimizer", "yes"], True),
+    (["--adapter", "none"], False),
 ])
-def test_swa_stage_resets_the_optimiser_by_default_only_for_mmea(extra, expected):
+def test_swa_stage_resets_the_optimiser_by_default_when_fine_tuning_except_lora(extra, expected):
     assert _parse(["--swa"] + extra).swa_reset_optimizer is expected
 
 
@@ -419,8 +421,8 @@ def test_swa_stage_resets_the_optimiser_by_default_only_for_mmea(extra, expected
     (["--foundation_model", "fm.model"], RESET_WARMUP_EPOCHS),
     (["--foundation_model", "fm.model", "--swa_warmup_epochs", "0"], 0),
     (["--foundation_model", "fm.model", "--swa_reset_optimizer", "False"], 0),
-    (["--foundation_model", "fm.model", "--adapter", "elora"], 0),
-    (["--foundation_model", "fm.model", "--adapter", "elora", "--swa_reset_optimizer", "yes"], RESET_WARMUP_EPOCHS),
+    (["--foundation_model", "fm.model", "--adapter", "lora"], 0),
+    (["--foundation_model", "fm.model", "--adapter", "lora", "--swa_reset_optimizer", "yes"], RESET_WARMUP_EPOCHS),
     (["--swa_warmup_epochs", "2"], 2),
 ])
 def test_swa_warmup_follows_the_optimiser_reset_unless_given(extra, expected):
