@@ -5,7 +5,8 @@ For every channel c and output irrep L it forms the polynomial
               * U^(nu)[m, i_1..i_nu, k] x[c, i_1] ... x[c, i_nu]
 where z is the node's element, x[c, :] all irrep components of channel c and U^(nu) a basis
 of equivariant symmetric couplings (``mace.modules.coupling``). It is evaluated Horner
-style from the highest order down, so each order costs one contraction with x.
+style from the highest order down, the two highest orders together in one contraction with
+the products of pairs of components.
 """
 from typing import List
 
@@ -102,22 +103,47 @@ class Contraction(torch.nn.Module):
     def _element_polynomial(
         node_feats: torch.Tensor, bases: List[torch.Tensor], highest_weights: torch.Tensor, lower_weights: List[torch.Tensor]
     ) -> torch.Tensor:
-        """Horner evaluation for nodes of one element: [n, channels, dim] -> [n, channels * (2L+1)];
+        """The polynomial for nodes of one element: [n, channels, dim] -> [n, channels * (2L+1)];
         ``bases`` of orders 1..correlation, the element's weights of the highest order and
-        of each lower order, highest first."""
+        of each lower order, highest first.
+
+        The two highest orders are contracted with the node features in one batched matrix
+        product over channels, against the products x_b * [x_i, 1] of each node; only the
+        lower orders are left to Horner steps. Contracting one feature at a time instead
+        makes a matrix-vector product per (channel, node): thousands of tiny products, and
+        as many again in each derivative the force loss takes.
+        """
         num_nodes, num_channels, dim = node_feats.shape[0], node_feats.shape[1], node_feats.shape[2]
         features = node_feats.transpose(0, 1)
-        basis = bases[-1]
-        coupled = torch.einsum("pik,kc->cip", basis.reshape(-1, dim, basis.shape[-1]), highest_weights)
         if len(lower_weights) == 0:
-            result = torch.bmm(features, coupled)
+            result = torch.bmm(features, Contraction._coupled(bases[-1], highest_weights, dim).transpose(1, 2))
+            return result.transpose(0, 1).reshape(num_nodes, -1)
+        highest = Contraction._coupled(bases[-1], highest_weights, dim * dim).view(num_channels, -1, dim, dim)
+        second = Contraction._coupled(bases[-2], lower_weights[0], dim).unsqueeze(-1)
+        coupled = torch.cat([highest, second], dim=3).view(num_channels, -1, dim * (dim + 1)).transpose(1, 2)
+        with_one = torch.nn.functional.pad(features, (0, 1), value=1.0)
+        pairs = (features.unsqueeze(-1) * with_one.unsqueeze(-2)).reshape(num_channels, num_nodes, dim * (dim + 1))
+        if len(lower_weights) == 1:
+            result = torch.bmm(pairs, coupled)
         else:
-            result = torch.baddbmm(Contraction._coefficients(bases[-2], lower_weights[0]), features, coupled)
-        for index, weights in enumerate(lower_weights):
-            if index > 0:
-                result = result + Contraction._coefficients(bases[-2 - index], weights)
-            result = (result.reshape(num_channels, num_nodes, -1, dim) @ features.unsqueeze(-1)).squeeze(-1)
+            result = torch.baddbmm(Contraction._coefficients(bases[-3], lower_weights[1]), pairs, coupled)
+        for index in range(2, len(lower_weights)):
+            result = Contraction._contract(result, features) + Contraction._coefficients(bases[-2 - index], lower_weights[index])
+        if len(lower_weights) > 1:
+            result = Contraction._contract(result, features)
         return result.transpose(0, 1).reshape(num_nodes, -1)
+
+    @staticmethod
+    def _coupled(basis: torch.Tensor, weights: torch.Tensor, width: int) -> torch.Tensor:
+        """The basis of one order with the element's weights contracted in: [channels, rows, width],
+        ``width`` the trailing feature indices it is still to be contracted with."""
+        return (weights.T @ basis.reshape(-1, basis.shape[-1]).T).view(weights.shape[1], -1, width)
+
+    @staticmethod
+    def _contract(result: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """One Horner step: the last feature index of [channels, n, rows * dim] against [channels, n, dim]."""
+        num_channels, num_nodes, dim = features.shape[0], features.shape[1], features.shape[2]
+        return (result.reshape(num_channels, num_nodes, -1, dim) * features.unsqueeze(2)).sum(-1)
 
     @staticmethod
     def _coefficients(basis: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
