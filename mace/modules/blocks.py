@@ -11,7 +11,7 @@ import torch
 from e3nn import nn as e3nn_nn
 from e3nn import o3
 
-from mace.modules.convolution import channelwise_convolution, channelwise_layout
+from mace.modules.convolution import LAYOUT_VERSION, channelwise_convolution, channelwise_layout
 from mace.modules.irreps_tools import reshape_irreps, tp_out_irreps_with_instructions
 from mace.modules.radial import (
     AgnesiTransform,
@@ -257,10 +257,11 @@ class InteractionBlock(torch.nn.Module):
         self._prepare_convolution()
 
     def __setstate__(self, state: dict) -> None:
-        """Unpickled without ``__init__``: files of upstream (and of our versions before the
-        channel-wise convolution) lack its constants, so they are derived from conv_tp here."""
+        """Unpickled without ``__init__``: files of upstream lack the channel-wise convolution's
+        constants, and ours of earlier versions may carry them in another layout, so they are
+        derived from conv_tp here unless they are of this version."""
         super().__setstate__(state)
-        if "conv_channelwise" not in self.__dict__:
+        if self.__dict__.get("conv_layout_version") != LAYOUT_VERSION:
             self._prepare_convolution()
 
     def _prepare_convolution(self) -> None:
@@ -269,6 +270,7 @@ class InteractionBlock(torch.nn.Module):
         layout = channelwise_layout(self.conv_tp)
         like = next(self.parameters())  # dtype and device of the block (its layers may be adapter-wrapped)
         self.conv_channelwise = layout.channels > 0
+        self.conv_layout_version = LAYOUT_VERSION
         self.conv_channels, self.conv_paths = layout.channels, layout.paths
         for name in ("coupling", "path_of_column", "input_order", "output_order"):
             value = getattr(layout, name)

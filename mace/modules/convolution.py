@@ -10,8 +10,11 @@ of the whole size, once per path: on the CPU that was a quarter of a training st
 Here the same product is three dense operations for all paths at once: the spherical
 harmonics contracted with one coupling tensor (each path's Wigner 3j block times its e3nn
 path weight), a batched matrix product with the sender features, and the weights applied
-per (channel, output component). The e3nn module stays in the model (its attributes are
-what model files carry); this module only reads its instructions.
+per (output component, channel). Edge tensors keep the channel as their last, contiguous
+axis: spreading each path's weights over its output components then copies whole rows of
+channels, where gathering along the last axis (a channel-major layout) was as slow as all
+the products of the convolution together. The e3nn module stays in the model (its
+attributes are what model files carry); this module only reads its instructions.
 """
 from typing import NamedTuple
 
@@ -21,6 +24,11 @@ from e3nn import o3
 from mace.modules.utils import scatter_sum
 
 
+# Raised whenever the constants below change meaning: blocks unpickled with constants of
+# another version (model files carry them) derive them again.
+LAYOUT_VERSION = 2
+
+
 class ChannelwiseLayout(NamedTuple):
     """Constants of the channel-wise product (see :func:`channelwise_layout`)."""
 
@@ -28,8 +36,8 @@ class ChannelwiseLayout(NamedTuple):
     paths: int  # P, one weight block of U values per path
     coupling: torch.Tensor  # [dim of the harmonics, D1 * K]: D1 input, K output components
     path_of_column: torch.Tensor  # [K]: the path (weight block) of each output component
-    input_order: torch.Tensor  # [U * D1]: e3nn's input layout -> (channel, component)
-    output_order: torch.Tensor  # [U * K]: (channel, component) -> e3nn's output layout
+    input_order: torch.Tensor  # [D1 * U]: e3nn's input layout -> (component, channel)
+    output_order: torch.Tensor  # [K * U]: (component, channel) -> e3nn's output layout
 
 
 def _offsets(irreps: o3.Irreps) -> list:
@@ -83,12 +91,12 @@ def channelwise_layout(tp: o3.TensorProduct) -> ChannelwiseLayout:
         path_of_column[columns] = path
     input_order = [
         channels * in1[block] + channel * ir.dim + component
-        for channel in range(channels)
         for block, (_, ir) in enumerate(tp.irreps_in1)
         for component in range(ir.dim)
+        for channel in range(channels)
     ]
     output_order = [
-        channel * dim_out + out[block] + component
+        (out[block] + component) * channels + channel
         for block, (_, ir) in enumerate(tp.irreps_out)
         for channel in range(channels)
         for component in range(ir.dim)
@@ -122,8 +130,8 @@ def channelwise_convolution(
     nodes, not on the (many more) edges."""
     n_nodes, n_edges = node_feats.shape[0], edge_attrs.shape[0]
     dim_out = path_of_column.shape[0]
-    features = node_feats.index_select(1, input_order).view(n_nodes, channels, -1).index_select(0, sender)
-    couplings = (edge_attrs @ coupling).view(n_edges, features.shape[2], dim_out)
-    per_column = weights.view(n_edges, paths, channels).transpose(1, 2).index_select(2, path_of_column)
-    edge_messages = (torch.bmm(features, couplings) * per_column).reshape(n_edges, channels * dim_out)
+    features = node_feats.index_select(1, input_order).view(n_nodes, -1, channels).index_select(0, sender)
+    couplings = (edge_attrs @ coupling).view(n_edges, features.shape[1], dim_out)
+    per_row = weights.view(n_edges, paths, channels).index_select(1, path_of_column)
+    edge_messages = (torch.bmm(couplings.transpose(1, 2), features) * per_row).reshape(n_edges, dim_out * channels)
     return scatter_sum(edge_messages, receiver, dim_size=n_nodes).index_select(1, output_order)

@@ -102,7 +102,7 @@ def test_a_block_unpickled_without_its_constants_derives_them(adapter: Optional[
     if adapter is not None:
         inject_adapters(model, adapter)
     block = model.interactions[1]
-    state = {key: value for key, value in copy.deepcopy(block).__dict__.items() if key != "conv_channelwise"}
+    state = {key: value for key, value in copy.deepcopy(block).__dict__.items() if not key.startswith("conv_") or key == "conv_tp"}
     state["_buffers"] = {key: value for key, value in state["_buffers"].items() if not key.startswith("conv_")}
     state["_non_persistent_buffers_set"] = set()
     restored = pickle.loads(pickle.dumps(block))
@@ -112,3 +112,20 @@ def test_a_block_unpickled_without_its_constants_derives_them(adapter: Optional[
     for name in ("conv_coupling", "conv_path_of_column", "conv_input_order", "conv_output_order"):
         assert torch.equal(getattr(restored, name), getattr(block, name))
     assert "conv_coupling" not in restored.state_dict()
+
+
+def test_a_block_unpickled_with_constants_of_another_layout_derives_them_again() -> None:
+    """Our files written before the current layout carry its constants in the old meaning."""
+    block = tiny_model().interactions[1]
+    state = copy.deepcopy(block).__dict__
+    state["conv_layout_version"] = 1
+    state["_buffers"]["conv_input_order"] = state["_buffers"]["conv_input_order"].flip(0)
+    restored = pickle.loads(pickle.dumps(block))
+    restored.__dict__.clear()
+    restored.__setstate__(state)
+    assert torch.equal(restored.conv_input_order, block.conv_input_order)
+    features = torch.randn(3, block.node_feats_irreps.dim, dtype=torch.float64)
+    attrs = torch.randn(4, block.edge_attrs_irreps.dim, dtype=torch.float64)
+    weights = torch.randn(4, block.conv_tp.weight_numel, dtype=torch.float64)
+    edges = torch.tensor([[0, 1, 2, 0], [1, 2, 0, 2]])
+    torch.testing.assert_close(restored.convolve(features, attrs, weights, edges), block.convolve(features, attrs, weights, edges))
