@@ -45,9 +45,6 @@ from mace.modules.heads import PRETRAINING_HEAD
 UNUSED_KEYS = {"dipole_key": "dipole", "charges_key": "charges"}
 SUPPORTED_SCHEDULERS = ("ReduceLROnPlateau", "ExponentialLR")
 LORA_METHOD = "lora"  # the adapter method upstream's --lora switch selects
-# Fine-tuning methods whose stage two starts with a fresh optimiser by default: each was
-# measured on cpu100 (3 seeds) to end with a lower validation loss with the reset.
-RESET_BY_DEFAULT_METHODS = ("mmea", "elora", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _TRUE_WORDS = ("true", "t", "yes", "y", "1", "on")
@@ -507,8 +504,8 @@ def _add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
            "Start the SWA stage with fresh Adam moment estimates. Its loss has gradients about "
            "ten times smaller than the main stage's, and the main stage's squared-gradient "
            "averages (AMSGrad keeps their maximum) would shrink every stage-two step by as "
-           "much. Default: on when fine-tuning a --foundation_model with MMEA, ELoRA or no "
-           "adapter (each measured on validation), off for LoRA and from scratch (upstream's "
+           "much. Default: on when fine-tuning a --foundation_model (with every adapter method "
+           "and with none, each measured on validation), off from scratch (upstream's "
            "behaviour).")
     _value(g, "--swa_lr_schedule", str, "constant",
            "Learning rate over the SWA stage: 'constant' (--swa_lr throughout, as upstream) or "
@@ -963,12 +960,11 @@ def resolve_start_swa(args: argparse.Namespace) -> None:
 
 
 def resolve_swa_reset_optimizer(args: argparse.Namespace) -> None:
-    """Unset: reset at the SWA start when fine-tuning with a method whose validation loss it
-    was measured to lower; LoRA and training from scratch keep upstream's optimiser state."""
+    """Unset: reset at the SWA start when fine-tuning a foundation, with any method (on cpu100
+    it lowered the final validation loss of MMEA, ELoRA, LoRA and full fine-tuning on each of
+    three seeds); training from scratch keeps upstream's optimiser state."""
     if args.swa_reset_optimizer is None:
-        args.swa_reset_optimizer = bool(args.foundation_model) and (
-            args.adapter_settings.method in RESET_BY_DEFAULT_METHODS
-        )
+        args.swa_reset_optimizer = bool(args.foundation_model)
 
 
 def resolve_swa_warmup_epochs(args: argparse.Namespace) -> None:

@@ -408,12 +408,14 @@ def test_swa_start_defaults_to_three_quarters():
     (["--foundation_model", "fm.model"], True),
     (["--foundation_model", "fm.model", "--adapter", "elora"], True),
     (["--foundation_model", "fm.model", "--adapter", "none"], True),
-    (["--foundation_model", "fm.model", "--adapter", "lora"], False),
+    (["--foundation_model", "fm.model", "--adapter", "lora"], True),
+    (["--foundation_model", "fm.model", "--lora"], True),
     (["--foundation_model", "fm.model", "--swa_reset_optimizer", "False"], False),
-    (["--foundation_model", "fm.model", "--adapter", "lora", "--swa_reset_optimizer", "yes"], True),
+    (["--foundation_model", "fm.model", "--adapter", "lora", "--swa_reset_optimizer", "no"], False),
     (["--adapter", "none"], False),
+    (["--swa_reset_optimizer", "yes"], True),
 ])
-def test_swa_stage_resets_the_optimiser_by_default_when_fine_tuning_except_lora(extra, expected):
+def test_swa_stage_resets_the_optimiser_by_default_when_fine_tuning(extra, expected):
     assert _parse(["--swa"] + extra).swa_reset_optimizer is expected
 
 
@@ -421,8 +423,9 @@ def test_swa_stage_resets_the_optimiser_by_default_when_fine_tuning_except_lora(
     (["--foundation_model", "fm.model"], RESET_WARMUP_EPOCHS),
     (["--foundation_model", "fm.model", "--swa_warmup_epochs", "0"], 0),
     (["--foundation_model", "fm.model", "--swa_reset_optimizer", "False"], 0),
-    (["--foundation_model", "fm.model", "--adapter", "lora"], 0),
-    (["--foundation_model", "fm.model", "--adapter", "lora", "--swa_reset_optimizer", "yes"], RESET_WARMUP_EPOCHS),
+    (["--foundation_model", "fm.model", "--adapter", "lora"], RESET_WARMUP_EPOCHS),
+    (["--foundation_model", "fm.model", "--adapter", "lora", "--swa_reset_optimizer", "no"], 0),
+    ([], 0),
     (["--swa_warmup_epochs", "2"], 2),
 ])
 def test_swa_warmup_follows_the_optimiser_reset_unless_given(extra, expected):
