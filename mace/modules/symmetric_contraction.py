@@ -148,4 +148,4 @@ class Contraction(torch.nn.Module):
     @staticmethod
     def _coefficients(basis: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Order-nu term U_nu w_nu[element], shaped [channels, 1, rest] to broadcast over nodes."""
-        return (basis.reshape(-1, basis.shape[-1]) @ weights).T.unsqueeze(1)
+        return Contraction._coupled(basis, weights, 1).transpose(1, 2)
