@@ -403,28 +403,36 @@ def test_swa_start_defaults_to_three_quarters():
     assert _parse(["--max_num_epochs", "500"]).start_swa is None
 
 
+FORCES_FALL = ["--forces_weight", "1000", "--swa_forces_weight", "100"]  # the seed's commands
+
+
 @pytest.mark.parametrize("extra, expected", [
     ([], False),
-    (["--foundation_model", "fm.model"], True),
-    (["--foundation_model", "fm.model", "--adapter", "elora"], True),
-    (["--foundation_model", "fm.model", "--adapter", "none"], True),
-    (["--foundation_model", "fm.model", "--adapter", "lora"], True),
-    (["--foundation_model", "fm.model", "--lora"], True),
-    (["--foundation_model", "fm.model", "--swa_reset_optimizer", "False"], False),
-    (["--foundation_model", "fm.model", "--adapter", "lora", "--swa_reset_optimizer", "no"], False),
-    (["--adapter", "none"], False),
+    (["--foundation_model", "fm.model"] + FORCES_FALL, True),
+    (["--foundation_model", "fm.model", "--forces_weight", "1000"], True),
+    (["--foundation_model", "fm.model", "--adapter", "elora"] + FORCES_FALL, True),
+    (["--foundation_model", "fm.model", "--adapter", "none"] + FORCES_FALL, True),
+    (["--foundation_model", "fm.model", "--adapter", "lora"] + FORCES_FALL, True),
+    (["--foundation_model", "fm.model", "--lora"] + FORCES_FALL, True),
+    (["--foundation_model", "fm.model"], False),  # forces 100 -> 100, upstream's defaults
+    (["--foundation_model", "fm.model", "--loss", "weighted", "--forces_weight", "1"], False),
+    (["--foundation_model", "fm.model", "--swa_reset_optimizer", "False"] + FORCES_FALL, False),
+    (["--foundation_model", "fm.model", "--adapter", "lora", "--swa_reset_optimizer", "no"] + FORCES_FALL, False),
+    (["--foundation_model", "fm.model", "--swa_reset_optimizer", "yes"], True),
+    (["--adapter", "none"] + FORCES_FALL, False),
     (["--swa_reset_optimizer", "yes"], True),
 ])
-def test_swa_stage_resets_the_optimiser_by_default_when_fine_tuning(extra, expected):
+def test_swa_stage_resets_the_optimiser_by_default_when_fine_tuning_with_falling_force_weight(extra, expected):
     assert _parse(["--swa"] + extra).swa_reset_optimizer is expected
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--foundation_model", "fm.model"], RESET_WARMUP_EPOCHS),
-    (["--foundation_model", "fm.model", "--swa_warmup_epochs", "0"], 0),
-    (["--foundation_model", "fm.model", "--swa_reset_optimizer", "False"], 0),
-    (["--foundation_model", "fm.model", "--adapter", "lora"], RESET_WARMUP_EPOCHS),
-    (["--foundation_model", "fm.model", "--adapter", "lora", "--swa_reset_optimizer", "no"], 0),
+    (["--foundation_model", "fm.model"] + FORCES_FALL, RESET_WARMUP_EPOCHS),
+    (["--foundation_model", "fm.model", "--swa_warmup_epochs", "0"] + FORCES_FALL, 0),
+    (["--foundation_model", "fm.model", "--swa_reset_optimizer", "False"] + FORCES_FALL, 0),
+    (["--foundation_model", "fm.model", "--adapter", "lora"] + FORCES_FALL, RESET_WARMUP_EPOCHS),
+    (["--foundation_model", "fm.model", "--adapter", "lora", "--swa_reset_optimizer", "no"] + FORCES_FALL, 0),
+    (["--foundation_model", "fm.model"], 0),
     ([], 0),
     (["--swa_warmup_epochs", "2"], 2),
 ])
