@@ -15,8 +15,8 @@ from mace.adapters.mmea import MMEALinear
 from .conftest import energies_forces, make_batch, max_difference, perturb_trainable
 
 ADAPTERS = [
-    ("mmea", MMEAConfig(rank=4, init="zero")),
-    ("mmea", MMEAConfig(rank=4, std=0.01, phi="res")),
+    ("mmea", MMEAConfig(rank=4, init="zero", phi="exp")),
+    ("mmea", MMEAConfig(rank=4, std=0.01)),
     ("elora", ELoRAConfig(rank=4, alpha=8.0)),
     ("lora", LoRAConfig(rank=4, alpha=2.0)),
 ]
@@ -48,6 +48,21 @@ def test_mmea_gates_start_at_one_and_wrap_every_linear(small_hco):
         if wrapper.to_gates is not None:
             assert not wrapper.to_gates.weight.any() and not wrapper.to_gates.bias.any()
         assert wrapper.to_scalars.weight.any() and not wrapper.to_scalars.bias.any()
+
+
+@pytest.mark.parametrize("phi, gate", [("res", lambda s: 1.0 + s), ("exp", torch.exp)])
+def test_mmea_gate_form_scales_each_channel_by_phi_of_s(phi, gate):
+    torch.manual_seed(0)
+    base = o3.Linear("3x0e+2x1o", "2x0e+2x1o").to(torch.float64)
+    layer = MMEALinear(base, MMEAConfig(rank=4, init="zero", phi=phi))
+    s = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    with torch.no_grad():
+        layer.to_gates.bias.copy_(s)
+    x = torch.randn(5, base.irreps_in.dim, dtype=torch.float64)
+    y, expected = layer(x), base(x)
+    assert torch.equal(y[:, :2], expected[:, :2])  # zero scalar branch
+    scaled = expected[:, 2:].reshape(5, 2, 3) * gate(s)[None, :, None]
+    assert torch.allclose(y[:, 2:], scaled.reshape(5, 6), atol=1e-14)
 
 
 @pytest.mark.parametrize("method, settings", ADAPTERS)

@@ -26,7 +26,7 @@ def _fine_tuned(model, method, settings):
 
 @pytest.mark.parametrize(
     "method, settings",
-    [("mmea", MMEAConfig(rank=4, phi="res")), ("elora", ELoRAConfig(rank=4)),
+    [("mmea", MMEAConfig(rank=4, phi="exp")), ("elora", ELoRAConfig(rank=4)),
      ("lora", LoRAConfig(rank=2, alpha=3.0)), ("none", None)],
 )
 def test_round_trip_predicts_identically(small_hco, acac_frames, tmp_path, method, settings):

@@ -200,7 +200,7 @@ def test_seed_command_parses_on_cpu():
     assert args.E0s == "average" and args.error_table == "TotalMAE" and args.loss == "ef"
     settings = adapter_settings(args, environ={})
     assert settings == AdapterSettings(
-        method="mmea", config=MMEAConfig(rank=16, std=0.001, init=None, phi="exp", lora_rank=16, lora_alpha=16.0)
+        method="mmea", config=MMEAConfig(rank=16, std=0.001, init=None, phi="res", lora_rank=16, lora_alpha=16.0)
     )
     assert args.adapter_settings == settings
 
@@ -537,9 +537,9 @@ def test_mmea_rank_env_and_flag_precedence():
 
 
 def test_mmea_phi_env_and_flag_precedence():
-    assert _settings(FM, {}).config.phi == "exp"
-    assert _settings(FM, {"MMEA_PHI": "res"}).config.phi == "res"
-    assert _settings(FM + ["--mmea_phi", "exp"], {"MMEA_PHI": "res"}).config.phi == "exp"
+    assert _settings(FM, {}).config.phi == "res"
+    assert _settings(FM, {"MMEA_PHI": "exp"}).config.phi == "exp"
+    assert _settings(FM + ["--mmea_phi", "res"], {"MMEA_PHI": "exp"}).config.phi == "res"
 
 
 @pytest.mark.parametrize(
