@@ -62,6 +62,7 @@ from benchmarks.compare_methods import (  # noqa: E402
     spread,
 )
 from benchmarks.protocols import ANCHOR_COMMAND, SHARED_FOUNDATION, changed, command_flags  # noqa: E402
+from mace.core.torch_setup import keep_freed_memory  # noqa: E402
 from mace.data.configuration import Configuration, load_from_xyz  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "transfer"
@@ -155,6 +156,8 @@ def run_command(name: str, variant: Variant, seed: int, train: Path, test: Path)
 
 
 class Run(NamedTuple):
+    """One training run: a variant fine-tuned on one molecule with one seed."""
+
     dataset: str
     variant: str
     seed: int
@@ -244,6 +247,7 @@ def summary_rows(scores: Sequence[Dict[str, object]], dataset: str, test_names: 
 
 
 def per_run_rows(scores: Sequence[Dict[str, object]], test_names: Mapping[str, Sequence[str]]) -> List[List[str]]:
+    """One row per run, failed ones included: its test MAE E / F on each test set and its costs."""
     rows = []
     for s in scores:
         errors = "; ".join(f"{name}: {s['errors'][name]['mae_e']:.1f} / {s['errors'][name]['mae_f']:.1f}"
@@ -299,6 +303,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="train nothing: report the finished runs found in the work folders")
     args = parser.parse_args(argv)
     torch.set_default_dtype(torch.float64)
+    keep_freed_memory()  # scoring allocates the same edge tensors batch after batch
     data = {name: write_data_files(name, DATASETS[name]) for name in args.datasets}
     runs = [Run(name, variant, seed) for name in args.datasets for seed in args.seeds for variant in args.variants]
     records = train_runs(runs, data, args.reuse, args.report_only)
