@@ -604,16 +604,10 @@ def load_test_configurations(settings: BenchmarkSettings) -> List[Configuration]
     return configs if limit is None else configs[:limit]
 
 
-# Configurations per forward pass when scoring. Small batches keep the edge tensors inside
-# the heap malloc reuses (keep_freed_memory) and the caches: 192 acetylacetone frames took
-# 13 s in batches of 8 and 30 s in batches of 64 on one thread.
-SCORING_BATCH_SIZE = 8
-
-
 def predictions_of(model_path: Path, configs: Sequence[Configuration], device: str) -> Tuple[np.ndarray, np.ndarray]:
     """Total energies (eV) and stacked forces (eV/A) of a saved model on ``configs``."""
     model = load_model(model_path, device=device, dtype=torch.float64)
-    predictions = predict(model, configs, batch_size=SCORING_BATCH_SIZE)
+    predictions = predict(model, configs)
     energies = np.array([p.energy for p in predictions])
     forces = np.concatenate([p.forces for p in predictions])
     return energies, forces
