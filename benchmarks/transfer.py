@@ -27,8 +27,6 @@ and the work folders go to ``benchmarks/results/transfer/`` (ignored by git); th
 """
 import argparse
 import json
-import os
-import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -42,13 +40,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.compare_methods import (  # noqa: E402
+    DEFAULT_FOUNDATION,
     PROTOCOLS,
     ErrorMetrics,
     RunFiles,
     RunRecord,
-    Spread,
-    _below_repro_data,
     absolute_path,
+    child_environment,
     default_data_path,
     error_metrics,
     format_spread,
@@ -61,14 +59,14 @@ from benchmarks.compare_methods import (  # noqa: E402
     run_training,
     spread,
 )
-from benchmarks.protocols import ANCHOR_COMMAND, SHARED_FOUNDATION, changed, command_flags  # noqa: E402
+from benchmarks.protocols import ANCHOR_COMMAND, changed, command_flags  # noqa: E402
 from mace.core.torch_setup import keep_freed_memory  # noqa: E402
 from mace.data.configuration import Configuration, load_from_xyz  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "transfer"
 KEYS = {"energy_key": "energy", "forces_key": "forces"}  # the BOTNet files' keys
 STRIDE = 5  # every 5th frame of a 500-frame training file: 100 frames, as rMD17's train.xyz
-CPU100 = PROTOCOLS["cpu100"]  # the anchors' run: a stage two, so a finished run leaves two models
+CPU100 = PROTOCOLS["cpu100"]  # the anchors' run: a stage two (two models), one thread, two runs at a time
 
 
 @dataclass(frozen=True)
@@ -149,7 +147,7 @@ def run_command(name: str, variant: Variant, seed: int, train: Path, test: Path)
     """The anchors' command on this molecule's files, with ``variant``'s adapter and flags."""
     flags = changed(
         ANCHOR_COMMAND, name=name, seed=str(seed), train_file=absolute_path(train), test_file=absolute_path(test),
-        foundation_model=absolute_path(default_data_path(_below_repro_data(SHARED_FOUNDATION))), **KEYS,
+        foundation_model=absolute_path(default_data_path(DEFAULT_FOUNDATION)), **KEYS,
     )
     return [sys.executable, "-m", "mace.cli.run_train", *command_flags(flags), f"--adapter={variant.adapter}",
             *variant.flags]
@@ -178,7 +176,7 @@ def train_runs(runs: Sequence[Run], data: Mapping[str, DataFiles], reuse: bool, 
     if report_only:
         return {run: record for run, record in records.items() if record is not None}
     to_train = [run for run in runs if records.get(run) is None]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    environment = child_environment(CPU100)
 
     def train(run: Run) -> RunRecord:
         files = data[run.dataset]
@@ -188,7 +186,7 @@ def train_runs(runs: Sequence[Run], data: Mapping[str, DataFiles], reuse: bool, 
         print(f"{run} exit status {record.returncode} after {record.wall_s / 60:.1f} min", flush=True)
         return record
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=CPU100.jobs) as pool:
         trained = dict(zip(to_train, pool.map(train, to_train)))
     return {run: trained.get(run) or records[run] for run in runs}
 
@@ -238,9 +236,8 @@ def summary_rows(scores: Sequence[Dict[str, object]], dataset: str, test_names: 
             continue
         cells = [spec.label, " / ".join(sorted({f"{s['trainable']:,}" for s in finished})), str(len(finished))]
         for test_name in test_names:
-            for metric, digits in (("mae_e", 1), ("mae_f", 1)):
-                values: Optional[Spread] = spread([s["errors"][test_name][metric] for s in finished])
-                cells.append(format_spread(values, digits))
+            for metric in ("mae_e", "mae_f"):
+                cells.append(format_spread(spread([s["errors"][test_name][metric] for s in finished]), 1))
         cells.append(format_spread(spread([s["wall_s"] / 60.0 for s in finished]), 1))
         rows.append(cells)
     return rows
