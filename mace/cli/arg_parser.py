@@ -529,6 +529,7 @@ def _add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
     # Upstream quirk kept for compatibility: on by default, and giving it keeps it on.
     _switch(g, "--amsgrad", True, "Use the AMSGrad variant of Adam (always on, as upstream).",
             given=True)
+    _value(g, "--beta", float, 0.9, "Adam's first-moment decay (beta1; beta2 stays 0.999, as upstream).")
     _value(g, "--scheduler", str, "ReduceLROnPlateau",
            "Learning-rate schedule: ReduceLROnPlateau or ExponentialLR.")
     _value(g, "--lr_factor", float, 0.8, "Factor by which ReduceLROnPlateau lowers the rate.")
@@ -866,6 +867,7 @@ _POSITIVE = _Range(lambda value: value > 0, "a finite positive number")
 _NON_NEGATIVE = _Range(lambda value: value >= 0, "a finite non-negative number")
 _ANY_FINITE = _Range(lambda value: value == value, "a finite number")
 _OPEN_UNIT = _Range(lambda value: 0 < value < 1, "strictly between 0 and 1")
+_UNIT_FROM_ZERO = _Range(lambda value: 0 <= value < 1, "at least 0 and under 1")
 _SEED = _Range(lambda value: 0 <= value < 2**32, "between 0 and 2**32 - 1 (numpy's seed range)")
 # Below 0.5 A an atom has no neighbour in any real structure (the shortest bond, H2's, is
 # 0.74 A): the model would see no edges and learn nothing but per-element energies.
@@ -884,6 +886,7 @@ _FLAG_RANGES: Dict[str, _Range] = {
            for term in ("energy", "forces", "stress", "virials", "dipole"))),
         _NON_NEGATIVE),
     **dict.fromkeys(("valid_fraction", "ema_decay", "lr_factor"), _OPEN_UNIT),
+    "beta": _UNIT_FROM_ZERO,
     "mean": _ANY_FINITE,
     "seed": _SEED,
     "r_max": _CUTOFF,

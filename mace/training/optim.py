@@ -111,6 +111,7 @@ class OptimizerSettings:
     lr: float = 0.01
     weight_decay: float = 5e-7
     amsgrad: bool = True
+    beta: float = 0.9
     adapter_lr_factor: float = 1.0
     low_rank_b_lr_factor: float = 1.0
     lr_params_factors: Mapping[str, float] = dataclasses.field(default_factory=dict)
@@ -128,9 +129,8 @@ def build_optimizer(model: MACE, settings: OptimizerSettings) -> torch.optim.Opt
         raise UserInputError("No parameter is left to optimise (every block is frozen): lower --freeze")
     for group in groups:
         group["lr"] = settings.lr * group["lr_factor"]
-    if settings.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=settings.lr, amsgrad=settings.amsgrad)
-    return torch.optim.Adam(groups, lr=settings.lr, amsgrad=settings.amsgrad)
+    adam = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
+    return adam(groups, lr=settings.lr, betas=(settings.beta, 0.999), amsgrad=settings.amsgrad)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, settings: OptimizerSettings) -> Any:

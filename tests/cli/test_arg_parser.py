@@ -52,7 +52,7 @@ UPSTREAM_DEFAULTS = {
     "swa_stress_weight": 10.0, "dipole_weight": 1.0, "swa_dipole_weight": 1.0,
     "config_type_weights": '{"Default":1.0}', "huber_delta": 0.01, "optimizer": "adam",
     "batch_size": 10, "valid_batch_size": 10, "lr": 0.01, "swa_lr": 0.001,
-    "weight_decay": 5e-07, "amsgrad": True, "scheduler": "ReduceLROnPlateau", "lr_factor": 0.8,
+    "weight_decay": 5e-07, "amsgrad": True, "beta": 0.9, "scheduler": "ReduceLROnPlateau", "lr_factor": 0.8,
     "scheduler_patience": 50, "lr_scheduler_gamma": 0.9993, "swa": False, "start_swa": None,
     "ema": False, "ema_decay": 0.99, "max_num_epochs": 2048, "patience": 2048,
     "foundation_model": None, "foundation_model_readout": True, "trust_pickle": False, "eval_interval": 2,
@@ -279,6 +279,8 @@ def test_override_and_irreps_errors(capsys, extra, flag):
         (["--valid_fraction", "1.5"], "--valid_fraction"),
         (["--ema_decay", "1.0"], "--ema_decay"),
         (["--ema_decay", "0"], "--ema_decay"),
+        (["--beta", "1"], "--beta"),
+        (["--beta", "-0.1"], "--beta"),
         (["--swa", "--start_swa", "-1"], "--start_swa"),
         (["--scheduler", "CosineAnnealing"], "--scheduler"),
         (["--log_level", "LOUD"], "--log_level"),
@@ -337,6 +339,7 @@ def test_the_edges_of_the_numeric_ranges_are_accepted():
                    "--scheduler_patience=0", "--start_swa=0", "--swa"])
     assert (args.r_max, args.seed, args.forces_weight) == (0.5, 0, 0.0)
     assert _parse(["--seed=4294967295"]).seed == 2**32 - 1
+    assert _parse(["--beta=0"]).beta == 0.0
 
 
 def test_upstream_0316_architecture_flags_have_its_defaults_and_are_accepted():

@@ -545,6 +545,12 @@ def test_build_optimizer_uses_the_requested_class_with_amsgrad(tiny_model: MACE,
     optimizer = build_optimizer(tiny_model, OptimizerSettings(optimizer=name, lr=0.003))
     assert type(optimizer) is cls
     assert all(group["lr"] == 0.003 and group["amsgrad"] for group in optimizer.param_groups)
+    assert all(group["betas"] == (0.9, 0.999) for group in optimizer.param_groups)
+
+
+def test_build_optimizer_takes_the_first_moment_decay_from_beta(tiny_model: MACE) -> None:
+    optimizer = build_optimizer(tiny_model, OptimizerSettings(beta=0.97))
+    assert all(group["betas"] == (0.97, 0.999) for group in optimizer.param_groups)
 
 
 def _temporaries(folder: Path) -> List[Path]:
