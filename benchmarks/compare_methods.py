@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -1078,17 +1078,29 @@ def announce(run: Run, message: str) -> None:
     print(f"[{run.method} seed {run.seed}] {message}", flush=True)
 
 
-def split_reusable(settings: BenchmarkSettings, reuse: bool) -> Tuple[Dict[Run, RunRecord], List[Run]]:
-    """Earlier runs to keep (only with ``reuse``) and the runs still to train, each in report order."""
-    kept: Dict[Run, RunRecord] = {}
-    to_train: List[Run] = []
-    for run in settings.runs():
-        record = reusable_record(settings.run_files(run), settings.protocol) if reuse else None
+AnyRun = TypeVar("AnyRun", bound=Hashable)
+
+
+def split_reusable(
+    runs: Sequence[AnyRun], files_of: Callable[[AnyRun], RunFiles], protocol: Protocol, reuse: bool
+) -> Tuple[Dict[AnyRun, RunRecord], List[AnyRun]]:
+    """Earlier runs to keep (only with ``reuse``) and the runs still to train, each in the order of ``runs``."""
+    kept: Dict[AnyRun, RunRecord] = {}
+    to_train: List[AnyRun] = []
+    for run in runs:
+        record = reusable_record(files_of(run), protocol) if reuse else None
         if record is None:
             to_train.append(run)
         else:
             kept[run] = record
     return kept, to_train
+
+
+def train_side_by_side(runs: Sequence[AnyRun], train: Callable[[AnyRun], RunRecord], jobs: int) -> Dict[AnyRun, RunRecord]:
+    """``train`` each run, ``jobs`` at a time. Threads only wait on their child processes,
+    so they cost nothing while the runs train."""
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return dict(zip(runs, pool.map(train, runs)))
 
 
 def train_one(run: Run, settings: BenchmarkSettings, scratch_flags: Sequence[str]) -> RunRecord:
@@ -1106,18 +1118,15 @@ def train_all(
 ) -> Dict[Run, RunRecord]:
     """Every run, up to ``settings.jobs`` side by side; with ``reuse``, earlier successful runs are kept.
     With ``report_only`` nothing trains: only the earlier successful runs are returned.
-
-    Threads only wait on their child processes, so they cost nothing while the runs train.
     """
-    records, to_train = split_reusable(settings, reuse or report_only)
+    records, to_train = split_reusable(settings.runs(), settings.run_files, settings.protocol, reuse or report_only)
     for run in records:
         announce(run, f"reusing the run in {settings.run_files(run).work_dir}")
     if report_only:
         for run in to_train:
             announce(run, "no finished run in its work folder: left out of the report (--report_only)")
         return {run: records[run] for run in settings.runs() if run in records}
-    with ThreadPoolExecutor(max_workers=settings.jobs) as pool:
-        records.update(zip(to_train, pool.map(lambda run: train_one(run, settings, scratch_flags), to_train)))
+    records.update(train_side_by_side(to_train, lambda run: train_one(run, settings, scratch_flags), settings.jobs))
     return {run: records[run] for run in settings.runs()}
 
 

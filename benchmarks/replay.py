@@ -23,9 +23,7 @@ against the foundation's own. The report goes to ``benchmarks/results/replay/REP
 import argparse
 import dataclasses
 import json
-import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -38,12 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.compare_methods import (  # noqa: E402
     ErrorMetrics,
+    PROTOCOLS,
     _below_repro_data,
     absolute_path,
+    child_environment,
     default_data_path,
     error_metrics,
     markdown_grid,
     run_training,
+    train_side_by_side,
 )
 from benchmarks.protocols import ANCHOR_COMMAND, SHARED_FOUNDATION, changed, command_flags  # noqa: E402
 from mace.data.configuration import Configuration, load_from_xyz  # noqa: E402
@@ -109,12 +110,13 @@ def train_both(epochs: int, frames_per_molecule: int) -> Dict[str, dict]:
     replay_file.parent.mkdir(parents=True, exist_ok=True)
     count = write_replay_file(replay_file, frames_per_molecule)
     print(f"replay set: {count} configurations in {replay_file}", flush=True)
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cpu100 = PROTOCOLS["cpu100"]
+    environment = child_environment(cpu100)
     commands = {"kept": run_command(epochs, None), "replay": run_command(epochs, replay_file)}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(run_training, name, command, RESULTS / name, environment)
-                   for name, command in commands.items()}
-        return {name: asdict(future.result()) for name, future in futures.items()}
+    records = train_side_by_side(
+        list(commands), lambda name: run_training(name, commands[name], RESULTS / name, environment), cpu100.jobs
+    )
+    return {name: asdict(record) for name, record in records.items()}
 
 
 def held_out_configurations() -> List[Configuration]:

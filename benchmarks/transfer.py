@@ -28,7 +28,6 @@ and the work folders go to ``benchmarks/results/transfer/`` (ignored by git); th
 import argparse
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -55,9 +54,10 @@ from benchmarks.compare_methods import (  # noqa: E402
     read_trainable_parameters,
     reference_labels,
     results_lines,
-    reusable_record,
     run_training,
+    split_reusable,
     spread,
+    train_side_by_side,
 )
 from benchmarks.protocols import ANCHOR_COMMAND, changed, command_flags  # noqa: E402
 from mace.core.torch_setup import keep_freed_memory  # noqa: E402
@@ -172,10 +172,9 @@ class Run(NamedTuple):
 def train_runs(runs: Sequence[Run], data: Mapping[str, DataFiles], reuse: bool, report_only: bool) -> Dict[Run, RunRecord]:
     """Every run's record: with ``reuse`` the finished runs are kept, the others train two at a time;
     with ``report_only`` only the finished runs are returned and nothing trains."""
-    records = {run: reusable_record(run.files, CPU100) for run in runs} if reuse or report_only else {}
+    records, to_train = split_reusable(runs, lambda run: run.files, CPU100, reuse or report_only)
     if report_only:
-        return {run: record for run, record in records.items() if record is not None}
-    to_train = [run for run in runs if records.get(run) is None]
+        return records
     environment = child_environment(CPU100)
 
     def train(run: Run) -> RunRecord:
@@ -186,9 +185,8 @@ def train_runs(runs: Sequence[Run], data: Mapping[str, DataFiles], reuse: bool, 
         print(f"{run} exit status {record.returncode} after {record.wall_s / 60:.1f} min", flush=True)
         return record
 
-    with ThreadPoolExecutor(max_workers=CPU100.jobs) as pool:
-        trained = dict(zip(to_train, pool.map(train, to_train)))
-    return {run: trained.get(run) or records[run] for run in runs}
+    records.update(train_side_by_side(to_train, train, CPU100.jobs))
+    return {run: records[run] for run in runs}
 
 
 def stored_errors(model: Path, test_name: str, configs: Sequence[Configuration]) -> ErrorMetrics:

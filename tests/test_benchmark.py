@@ -59,6 +59,7 @@ from benchmarks.compare_methods import (
     score_run,
     seconds_per_epoch,
     split_reusable,
+    train_side_by_side,
     train_all,
     spread,
     summarize_method,
@@ -362,11 +363,20 @@ def test_reuse_keeps_only_runs_that_succeeded_and_left_their_models(tmp_path):
     _finished_run(settings, Run("mmea", 123), 0, ("main_model", "swa_model"))
     _finished_run(settings, Run("elora", 123), 0, ("main_model",))  # stage two's model is missing
     _finished_run(settings, Run("none", 123), 1, ("main_model", "swa_model"))
-    kept, to_train = split_reusable(settings, reuse=True)
+    def reusable(settings: BenchmarkSettings, reuse: bool):
+        return split_reusable(settings.runs(), settings.run_files, settings.protocol, reuse)
+
+    kept, to_train = reusable(settings, reuse=True)
     assert kept == {Run("mmea", 123): RunRecord("mmea", 0, 60.0, 900.0)}
     assert to_train == [Run("elora", 123), Run("none", 123), Run("scratch", 123)]
-    assert split_reusable(settings, reuse=False) == ({}, settings.runs())
-    assert list(split_reusable(_settings(tmp_path, PROTOCOLS["cpu"]), reuse=True)[0]) == []  # other layout
+    assert reusable(settings, reuse=False) == ({}, settings.runs())
+    assert list(reusable(_settings(tmp_path, PROTOCOLS["cpu"]), reuse=True)[0]) == []  # other layout
+
+
+def test_train_side_by_side_keeps_the_order_of_the_runs():
+    finished = train_side_by_side(["b", "a", "c"], lambda name: RunRecord(name, 0, 1.0, 2.0), jobs=2)
+    assert list(finished) == ["b", "a", "c"]
+    assert [record.method for record in finished.values()] == ["b", "a", "c"]
 
 
 def test_report_only_trains_nothing_and_reports_the_finished_runs(tmp_path, capsys):
