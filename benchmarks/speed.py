@@ -61,8 +61,11 @@ def shapes(work: Path) -> Dict[str, Shape]:
         "foundation-c64-f64": Shape("foundation-c64-f64", "float64", FOUNDATION),
         "foundation-c64-f32": Shape("foundation-c64-f32", "float32", FOUNDATION),
         "off23-c128-f32": Shape("off23-c128-f32", "float32", off23, build=True),
-        "mpres-v0316-f64": Shape("mpres-v0316-f64", "float64", CONFORMANCE / "mpres_v0316.model"),
-        "densityzbl-v0316-f64": Shape("densityzbl-v0316-f64", "float64", CONFORMANCE / "densityzbl_v0316.model"),
+        **{
+            f"{name}-v0316-{suffix}": Shape(f"{name}-v0316-{suffix}", dtype, CONFORMANCE / f"{name}_v0316.model")
+            for name in ("mpres", "densityzbl")
+            for suffix, dtype in (("f64", "float64"), ("f32", "float32"))
+        },
     }
 
 
