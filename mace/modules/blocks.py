@@ -216,6 +216,8 @@ class InteractionBlock(torch.nn.Module):
     :meth:`self_connection`), or the whole of :meth:`messages`.
     """
 
+    conv_groups: List[List[int]]  # declared for TorchScript: empty when e3nn computes conv_tp
+
     def __init__(
         self,
         node_attrs_irreps: o3.Irreps,
@@ -271,8 +273,8 @@ class InteractionBlock(torch.nn.Module):
         like = next(self.parameters())  # dtype and device of the block (its layers may be adapter-wrapped)
         self.conv_channelwise = layout.channels > 0
         self.conv_layout_version = LAYOUT_VERSION
-        self.conv_channels, self.conv_paths = layout.channels, layout.paths
-        for name in ("coupling", "path_of_column", "input_order", "output_order"):
+        self.conv_channels, self.conv_groups = layout.channels, layout.groups
+        for name in ("coupling", "weight_index", "input_order", "output_order"):
             value = getattr(layout, name)
             value = value.to(like.dtype) if value.is_floating_point() else value
             self.register_buffer(f"conv_{name}", value.to(like.device), persistent=False)
@@ -292,8 +294,8 @@ class InteractionBlock(torch.nn.Module):
         """Sender features coupled to their edges, summed on receivers: [n_nodes, irreps_mid.dim]."""
         if self.conv_channelwise:
             return channelwise_convolution(
-                node_feats, edge_attrs, tp_weights, edge_index[0], edge_index[1], self.conv_channels, self.conv_paths,
-                self.conv_coupling, self.conv_path_of_column, self.conv_input_order, self.conv_output_order,
+                node_feats, edge_attrs, tp_weights, edge_index[0], edge_index[1], self.conv_channels, self.conv_groups,
+                self.conv_coupling, self.conv_weight_index, self.conv_input_order, self.conv_output_order,
             )
         edge_messages = self.conv_tp(node_feats[edge_index[0]], edge_attrs, tp_weights)
         return scatter_sum(edge_messages, edge_index[1], dim_size=node_feats.shape[0])

@@ -7,16 +7,22 @@ and concatenating the outputs; with forces in the loss the training step differe
 that twice, and every slice of an edge-sized tensor then allocates and zero-fills a tensor
 of the whole size, once per path: on the CPU that was a quarter of a training step.
 
-Here the same product is three dense operations for all paths at once: the spherical
-harmonics contracted with one coupling tensor (each path's Wigner 3j block times its e3nn
-path weight), a batched matrix product with the sender features, and the weights applied
-per (output component, channel). Edge tensors keep the channel as their last, contiguous
-axis: spreading each path's weights over its output components then copies whole rows of
-channels, where gathering along the last axis (a channel-major layout) was as slow as all
-the products of the convolution together. The e3nn module stays in the model (its
-attributes are what model files carry); this module only reads its instructions.
+Here the paths are computed in groups, one group per input irrep block (its components d,
+its paths, their output components K): the harmonics contracted with one coupling tensor
+(each path's Wigner 3j block times its e3nn path weight), and a batched matrix product with
+the sender features of that block. A block of scalars (d = 1) takes the path weights into
+its features first ([edges, paths, U], so the product gives the weighted messages at once);
+a larger block is multiplied by its weights, spread over the output components, after the
+product. Grouping skips the zeros that one product over all input components would carry
+(a 0e input feeds none of a 1o input's paths), and the edge tensors of K components by U
+channels, the largest of the step and each pass over them memory-bound, are written and
+read fewer times. Edge tensors keep the channel as their last, contiguous axis: spreading
+each path's weights over its output components then copies whole rows of channels, where
+gathering along the last axis (a channel-major layout) was as slow as all the products of
+the convolution together. The e3nn module stays in the model (its attributes are what
+model files carry); this module only reads its instructions.
 """
-from typing import NamedTuple
+from typing import List, NamedTuple
 
 import torch
 from e3nn import o3
@@ -26,18 +32,21 @@ from mace.modules.utils import scatter_sum
 
 # Raised whenever the constants below change meaning: blocks unpickled with constants of
 # another version (model files carry them) derive them again.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 
 class ChannelwiseLayout(NamedTuple):
     """Constants of the channel-wise product (see :func:`channelwise_layout`)."""
 
     channels: int  # U, the multiplicity of every input and output irrep
-    paths: int  # P, one weight block of U values per path
-    coupling: torch.Tensor  # [dim of the harmonics, D1 * K]: D1 input, K output components
-    path_of_column: torch.Tensor  # [K]: the path (weight block) of each output component
+    # One entry per input irrep block with paths: [output components K, coupling columns Q,
+    # first input component, input components d, offset of its K * Q coupling columns,
+    # offset and length of its entries in weight_index]
+    groups: List[List[int]]
+    coupling: torch.Tensor  # [dim of the harmonics, sum of K * Q]: each group's [K, Q] block
+    weight_index: torch.Tensor  # per group: its paths (d = 1) or the path of each output component
     input_order: torch.Tensor  # [D1 * U]: e3nn's input layout -> (component, channel)
-    output_order: torch.Tensor  # [K * U]: (component, channel) -> e3nn's output layout
+    output_order: torch.Tensor  # [K * U]: (group, component, channel) -> e3nn's output layout
 
 
 def _offsets(irreps: o3.Irreps) -> list:
@@ -70,7 +79,27 @@ def _is_channelwise(tp: o3.TensorProduct) -> bool:
 
 def _no_layout() -> ChannelwiseLayout:
     empty = torch.zeros(0, dtype=torch.long)
-    return ChannelwiseLayout(0, 0, torch.zeros(0, dtype=torch.float64), empty, empty, empty)
+    return ChannelwiseLayout(0, [], torch.zeros(0, 0, dtype=torch.float64), empty, empty, empty)
+
+
+def _group_coupling(tp: o3.TensorProduct, block: int, paths: List[int]) -> torch.Tensor:
+    """[dim of the harmonics, K, Q] for the paths of one input block: Q = d columns (the
+    block's components), or one per path when d = 1 (the weights enter with the features)."""
+    in2 = _offsets(tp.irreps_in2)
+    ir1 = tp.irreps_in1[block].ir
+    per_path = ir1.dim == 1
+    components = sum(tp.irreps_out[tp.instructions[path].i_out].ir.dim for path in paths)
+    coupling = torch.zeros(tp.irreps_in2.dim, components, len(paths) if per_path else ir1.dim, dtype=torch.float64)
+    row = 0
+    for column, path in enumerate(paths):
+        ins = tp.instructions[path]
+        ir2, ir_out = tp.irreps_in2[ins.i_in2].ir, tp.irreps_out[ins.i_out].ir
+        wigner = o3.wigner_3j(ir1.l, ir2.l, ir_out.l, dtype=torch.float64) * ins.path_weight  # [m1, m2, m_out]
+        harmonics = slice(in2[ins.i_in2], in2[ins.i_in2] + ir2.dim)
+        columns = slice(column, column + 1) if per_path else slice(0, ir1.dim)
+        coupling[harmonics, row : row + ir_out.dim, columns] = wigner.permute(1, 2, 0)
+        row += ir_out.dim
+    return coupling
 
 
 def channelwise_layout(tp: o3.TensorProduct) -> ChannelwiseLayout:
@@ -79,16 +108,28 @@ def channelwise_layout(tp: o3.TensorProduct) -> ChannelwiseLayout:
     if not _is_channelwise(tp):
         return _no_layout()
     channels = tp.irreps_in1[0].mul
-    in1, in2, out = _offsets(tp.irreps_in1), _offsets(tp.irreps_in2), _offsets(tp.irreps_out)
-    dim1, dim_out = sum(ir.dim for _, ir in tp.irreps_in1), sum(ir.dim for _, ir in tp.irreps_out)
-    coupling = torch.zeros(tp.irreps_in2.dim, dim1, dim_out, dtype=torch.float64)
-    path_of_column = torch.zeros(dim_out, dtype=torch.long)
-    for path, ins in enumerate(tp.instructions):
-        ir1, ir2, ir_out = tp.irreps_in1[ins.i_in1].ir, tp.irreps_in2[ins.i_in2].ir, tp.irreps_out[ins.i_out].ir
-        block = o3.wigner_3j(ir1.l, ir2.l, ir_out.l, dtype=torch.float64) * ins.path_weight
-        rows, columns = slice(in1[ins.i_in1], in1[ins.i_in1] + ir1.dim), slice(out[ins.i_out], out[ins.i_out] + ir_out.dim)
-        coupling[in2[ins.i_in2] : in2[ins.i_in2] + ir2.dim, rows, columns] = block.permute(1, 0, 2)
-        path_of_column[columns] = path
+    in1, out = _offsets(tp.irreps_in1), _offsets(tp.irreps_out)
+    groups: List[List[int]] = []
+    couplings: List[torch.Tensor] = []
+    weight_index: List[int] = []
+    first_component_of_output = {}  # output block -> its first component among all groups' outputs
+    offset, components_before = 0, 0
+    for block, (_, ir1) in enumerate(tp.irreps_in1):
+        paths = [path for path, ins in enumerate(tp.instructions) if ins.i_in1 == block]
+        if not paths:
+            continue
+        coupling = _group_coupling(tp, block, paths)
+        components, columns = coupling.shape[1], coupling.shape[2]
+        indices = paths if ir1.dim == 1 else [
+            path for path in paths for _ in range(tp.irreps_out[tp.instructions[path].i_out].ir.dim)
+        ]
+        groups.append([components, columns, in1[block], ir1.dim, offset, len(weight_index), len(indices)])
+        for path in paths:
+            first_component_of_output[tp.instructions[path].i_out] = components_before
+            components_before += tp.irreps_out[tp.instructions[path].i_out].ir.dim
+        couplings.append(coupling.reshape(tp.irreps_in2.dim, -1))
+        weight_index.extend(indices)
+        offset += components * columns
     input_order = [
         channels * in1[block] + channel * ir.dim + component
         for block, (_, ir) in enumerate(tp.irreps_in1)
@@ -96,16 +137,16 @@ def channelwise_layout(tp: o3.TensorProduct) -> ChannelwiseLayout:
         for channel in range(channels)
     ]
     output_order = [
-        (out[block] + component) * channels + channel
+        (first_component_of_output[block] + component) * channels + channel
         for block, (_, ir) in enumerate(tp.irreps_out)
         for channel in range(channels)
         for component in range(ir.dim)
     ]
     return ChannelwiseLayout(
         channels=channels,
-        paths=len(tp.instructions),
-        coupling=coupling.reshape(tp.irreps_in2.dim, dim1 * dim_out),
-        path_of_column=path_of_column,
+        groups=groups,
+        coupling=torch.cat(couplings, dim=1),
+        weight_index=torch.tensor(weight_index, dtype=torch.long),
         input_order=torch.tensor(input_order, dtype=torch.long),
         output_order=torch.tensor(output_order, dtype=torch.long),
     )
@@ -118,9 +159,9 @@ def channelwise_convolution(
     sender: torch.Tensor,
     receiver: torch.Tensor,
     channels: int,
-    paths: int,
+    groups: List[List[int]],
     coupling: torch.Tensor,
-    path_of_column: torch.Tensor,
+    weight_index: torch.Tensor,
     input_order: torch.Tensor,
     output_order: torch.Tensor,
 ) -> torch.Tensor:
@@ -129,9 +170,18 @@ def channelwise_convolution(
     receivers: [n_nodes, irreps_out.dim] in e3nn's layout. The layout changes happen on the
     nodes, not on the (many more) edges."""
     n_nodes, n_edges = node_feats.shape[0], edge_attrs.shape[0]
-    dim_out = path_of_column.shape[0]
     features = node_feats.index_select(1, input_order).view(n_nodes, -1, channels).index_select(0, sender)
-    couplings = (edge_attrs @ coupling).view(n_edges, features.shape[1], dim_out)
-    per_row = weights.view(n_edges, paths, channels).index_select(1, path_of_column)
-    edge_messages = (torch.bmm(couplings.transpose(1, 2), features) * per_row).reshape(n_edges, dim_out * channels)
-    return scatter_sum(edge_messages, receiver, dim_size=n_nodes).index_select(1, output_order)
+    per_path = weights.view(n_edges, weights.shape[1] // channels, channels)
+    couplings = edge_attrs @ coupling
+    messages: List[torch.Tensor] = []
+    for group in groups:
+        components, columns, first, dim, offset, index_start, index_length = group
+        group_coupling = couplings[:, offset : offset + components * columns].reshape(n_edges, components, columns)
+        group_weights = per_path.index_select(1, weight_index[index_start : index_start + index_length])
+        group_features = features[:, first : first + dim]
+        if dim == 1:
+            edge_messages = torch.bmm(group_coupling, group_features * group_weights)
+        else:
+            edge_messages = torch.bmm(group_coupling, group_features) * group_weights
+        messages.append(scatter_sum(edge_messages.reshape(n_edges, components * channels), receiver, dim_size=n_nodes))
+    return torch.cat(messages, dim=1).index_select(1, output_order)

@@ -109,7 +109,7 @@ def test_a_block_unpickled_without_its_constants_derives_them(adapter: Optional[
     restored.__dict__.clear()
     restored.__setstate__(state)
     assert restored.conv_channelwise
-    for name in ("conv_coupling", "conv_path_of_column", "conv_input_order", "conv_output_order"):
+    for name in ("conv_coupling", "conv_weight_index", "conv_input_order", "conv_output_order"):
         assert torch.equal(getattr(restored, name), getattr(block, name))
     assert "conv_coupling" not in restored.state_dict()
 
