@@ -76,6 +76,17 @@ def test_equals_e3nn_with_first_and_second_derivatives(node_irreps: str, max_ell
         assert torch.allclose(ours, reference, rtol=1e-12, atol=1e-12 * reference.abs().max().item())
 
 
+def test_one_group_per_input_block_and_scalars_take_their_weights_first() -> None:
+    """8x0e + 8x1o with harmonics to l=3, messages 0e + 1o: the 0e block feeds 2 paths (0e
+    and 1o out: 4 components), the 1o block 3 (1o x 0e -> 1o, 1o x 1o -> 0e, 1o x 2e -> 1o: 7).
+    The scalar group has one coupling column per path, the other one per input component."""
+    layout = channelwise_layout(conv_tp("8x0e + 8x1o", 3, "8x0e + 8x1o"))
+    scalar, vector = layout.groups
+    assert scalar[:4] == [4, 2, 0, 1] and vector[:4] == [7, 3, 1, 3]
+    assert layout.coupling.shape == (16, 4 * 2 + 7 * 3)
+    assert scalar[6] == 2 and vector[6] == 7  # the scalar block's paths; the path of each 1o output component
+
+
 def test_no_edges_gives_zero_messages() -> None:
     tp = conv_tp("8x0e + 8x1o", 2, "8x0e + 8x1o")
     output = channelwise(tp)(*inputs(tp, n_edges=0))
