@@ -22,7 +22,7 @@ gathering along the last axis (a channel-major layout) was as slow as all the pr
 the convolution together. The e3nn module stays in the model (its attributes are what
 model files carry); this module only reads its instructions.
 """
-from typing import List, NamedTuple
+from typing import Dict, List, NamedTuple
 
 import torch
 from e3nn import o3
@@ -108,11 +108,11 @@ def channelwise_layout(tp: o3.TensorProduct) -> ChannelwiseLayout:
     if not _is_channelwise(tp):
         return _no_layout()
     channels = tp.irreps_in1[0].mul
-    in1, out = _offsets(tp.irreps_in1), _offsets(tp.irreps_out)
+    in1 = _offsets(tp.irreps_in1)
     groups: List[List[int]] = []
     couplings: List[torch.Tensor] = []
     weight_index: List[int] = []
-    first_component_of_output = {}  # output block -> its first component among all groups' outputs
+    first_component_of_output: Dict[int, int] = {}  # output block -> its first component in the groups' outputs
     offset, components_before = 0, 0
     for block, (_, ir1) in enumerate(tp.irreps_in1):
         paths = [path for path, ins in enumerate(tp.instructions) if ins.i_in1 == block]
