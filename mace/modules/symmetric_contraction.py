@@ -8,7 +8,7 @@ of equivariant symmetric couplings (``mace.modules.coupling``). It is evaluated 
 style from the highest order down, the two highest orders together in one contraction with
 the products of pairs of components.
 """
-from typing import List
+from typing import List, Optional, Tuple
 
 import torch
 from e3nn import o3
@@ -36,7 +36,29 @@ class SymmetricContraction(torch.nn.Module):
         )
 
     def forward(self, node_feats: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
-        return torch.cat([contraction(node_feats, node_attrs) for contraction in self.contractions], dim=-1)
+        """The output irreps share what only depends on the nodes: each element's nodes, their
+        features and the products of pairs of components, with their derivatives."""
+        shared = element_inputs(node_feats, node_attrs)
+        return torch.cat([contraction(node_feats, node_attrs, shared) for contraction in self.contractions], dim=-1)
+
+
+# Per element present: (element, its nodes, their features [channels, n, dim], the products
+# x_b * [x_i, 1] of pairs of components [channels, n, dim * (dim + 1)]).
+ElementInputs = List[Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def element_inputs(node_feats: torch.Tensor, node_attrs: torch.Tensor) -> ElementInputs:
+    """What every order and output irrep of the polynomial reads of each element's nodes."""
+    inputs: ElementInputs = []
+    elements: List[int] = torch.nonzero(node_attrs.abs().sum(0)).flatten().tolist()
+    for element in elements:
+        nodes = torch.nonzero(node_attrs[:, element]).flatten()
+        features = node_feats[nodes].transpose(0, 1)
+        num_channels, num_nodes, dim = features.shape[0], features.shape[1], features.shape[2]
+        with_one = torch.nn.functional.pad(features, (0, 1), value=1.0)
+        pairs = (features.unsqueeze(-1) * with_one.unsqueeze(-2)).reshape(num_channels, num_nodes, dim * (dim + 1))
+        inputs.append((element, nodes, features, pairs))
+    return inputs
 
 
 class Contraction(torch.nn.Module):
@@ -75,8 +97,11 @@ class Contraction(torch.nn.Module):
         """The coupling basis of order ``nu``, the buffer ``U_matrix_{nu}``."""
         return dict(self.named_buffers())[f"U_matrix_{nu}"]
 
-    def forward(self, node_feats: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
-        """node_feats: [n, channels, sum dims], node_attrs: [n, n_elements] -> [n, channels * (2L+1)]
+    def forward(
+        self, node_feats: torch.Tensor, node_attrs: torch.Tensor, shared: Optional[ElementInputs] = None
+    ) -> torch.Tensor:
+        """node_feats: [n, channels, sum dims], node_attrs: [n, n_elements] -> [n, channels * (2L+1)];
+        ``shared``: :func:`element_inputs` of these arguments, when the caller has them.
 
         The polynomial is linear in the element attributes, so it is evaluated once per
         element present, on that element's nodes, with its weights already contracted into
@@ -85,13 +110,11 @@ class Contraction(torch.nn.Module):
         num_nodes, num_channels = node_feats.shape[0], node_feats.shape[1]
         bases = [self.coupling_matrix(nu) for nu in range(1, self.correlation + 1)]
         result = node_feats.new_zeros(num_nodes, num_channels * self._output_dim(bases[0]))
-        elements: List[int] = torch.nonzero(node_attrs.abs().sum(0)).flatten().tolist()
-        for element in elements:
-            nodes = torch.nonzero(node_attrs[:, element]).flatten()
+        for element, nodes, features, pairs in element_inputs(node_feats, node_attrs) if shared is None else shared:
             lower_weights: List[torch.Tensor] = []  # orders correlation-1 down to 1
             for weights in self.weights:
                 lower_weights.append(weights[element])
-            polynomial = self._element_polynomial(node_feats[nodes], bases, self.weights_max[element], lower_weights)
+            polynomial = self._element_polynomial(features, pairs, bases, self.weights_max[element], lower_weights)
             result = result.index_add(0, nodes, polynomial * node_attrs[nodes, element].unsqueeze(-1))
         return result
 
@@ -101,11 +124,16 @@ class Contraction(torch.nn.Module):
 
     @staticmethod
     def _element_polynomial(
-        node_feats: torch.Tensor, bases: List[torch.Tensor], highest_weights: torch.Tensor, lower_weights: List[torch.Tensor]
+        features: torch.Tensor,
+        pairs: torch.Tensor,
+        bases: List[torch.Tensor],
+        highest_weights: torch.Tensor,
+        lower_weights: List[torch.Tensor],
     ) -> torch.Tensor:
-        """The polynomial for nodes of one element: [n, channels, dim] -> [n, channels * (2L+1)];
-        ``bases`` of orders 1..correlation, the element's weights of the highest order and
-        of each lower order, highest first.
+        """The polynomial for nodes of one element: ``features`` [channels, n, dim] and their
+        ``pairs`` (:func:`element_inputs`) -> [n, channels * (2L+1)]; ``bases`` of orders
+        1..correlation, the element's weights of the highest order and of each lower order,
+        highest first.
 
         The two highest orders are contracted with the node features in one batched matrix
         product over channels, against the products x_b * [x_i, 1] of each node; only the
@@ -113,16 +141,13 @@ class Contraction(torch.nn.Module):
         makes a matrix-vector product per (channel, node): thousands of tiny products, and
         as many again in each derivative the force loss takes.
         """
-        num_nodes, num_channels, dim = node_feats.shape[0], node_feats.shape[1], node_feats.shape[2]
-        features = node_feats.transpose(0, 1)
+        num_channels, num_nodes, dim = features.shape[0], features.shape[1], features.shape[2]
         if len(lower_weights) == 0:
             result = torch.bmm(features, Contraction._coupled(bases[-1], highest_weights, dim).transpose(1, 2))
             return result.transpose(0, 1).reshape(num_nodes, -1)
         highest = Contraction._coupled(bases[-1], highest_weights, dim * dim).view(num_channels, -1, dim, dim)
         second = Contraction._coupled(bases[-2], lower_weights[0], dim).unsqueeze(-1)
         coupled = torch.cat([highest, second], dim=3).view(num_channels, -1, dim * (dim + 1)).transpose(1, 2)
-        with_one = torch.nn.functional.pad(features, (0, 1), value=1.0)
-        pairs = (features.unsqueeze(-1) * with_one.unsqueeze(-2)).reshape(num_channels, num_nodes, dim * (dim + 1))
         if len(lower_weights) == 1:
             result = torch.bmm(pairs, coupled)
         else:
