@@ -30,33 +30,43 @@ class SymmetricContraction(torch.nn.Module):
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_out = o3.Irreps(irreps_out)
+        self.correlation = correlation
         self.contractions = torch.nn.ModuleList(
             Contraction(self.irreps_in, o3.Irreps(str(ir)), correlation, num_elements)
             for _, ir in self.irreps_out
         )
 
+    def __setstate__(self, state: dict) -> None:
+        """Files of upstream, and ours from before, keep the order only in each contraction."""
+        super().__setstate__(state)
+        if "correlation" not in self.__dict__:
+            self.correlation = self.contractions[0].correlation
+
     def forward(self, node_feats: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
         """The output irreps share what only depends on the nodes: each element's nodes, their
         features and the products of pairs of components, with their derivatives."""
-        shared = element_inputs(node_feats, node_attrs)
+        shared = element_inputs(node_feats, node_attrs, self.correlation > 1)
         return torch.cat([contraction(node_feats, node_attrs, shared) for contraction in self.contractions], dim=-1)
 
 
 # Per element present: (element, its nodes, their features [channels, n, dim], the products
-# x_b * [x_i, 1] of pairs of components [channels, n, dim * (dim + 1)]).
+# x_b * [x_i, 1] of pairs of components [channels, n, dim * (dim + 1)], empty for correlation 1).
 ElementInputs = List[Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def element_inputs(node_feats: torch.Tensor, node_attrs: torch.Tensor) -> ElementInputs:
-    """What every order and output irrep of the polynomial reads of each element's nodes."""
+def element_inputs(node_feats: torch.Tensor, node_attrs: torch.Tensor, with_pairs: bool) -> ElementInputs:
+    """What every order and output irrep of the polynomial reads of each element's nodes;
+    the pair products only ``with_pairs`` (correlation 2 or more reads them)."""
     inputs: ElementInputs = []
     elements: List[int] = torch.nonzero(node_attrs.abs().sum(0)).flatten().tolist()
     for element in elements:
         nodes = torch.nonzero(node_attrs[:, element]).flatten()
         features = node_feats[nodes].transpose(0, 1)
         num_channels, num_nodes, dim = features.shape[0], features.shape[1], features.shape[2]
-        with_one = torch.nn.functional.pad(features, (0, 1), value=1.0)
-        pairs = (features.unsqueeze(-1) * with_one.unsqueeze(-2)).reshape(num_channels, num_nodes, dim * (dim + 1))
+        pairs = features.new_zeros(0)
+        if with_pairs:
+            with_one = torch.nn.functional.pad(features, (0, 1), value=1.0)
+            pairs = (features.unsqueeze(-1) * with_one.unsqueeze(-2)).reshape(num_channels, num_nodes, dim * (dim + 1))
         inputs.append((element, nodes, features, pairs))
     return inputs
 
@@ -110,7 +120,8 @@ class Contraction(torch.nn.Module):
         num_nodes, num_channels = node_feats.shape[0], node_feats.shape[1]
         bases = [self.coupling_matrix(nu) for nu in range(1, self.correlation + 1)]
         result = node_feats.new_zeros(num_nodes, num_channels * self._output_dim(bases[0]))
-        for element, nodes, features, pairs in element_inputs(node_feats, node_attrs) if shared is None else shared:
+        inputs = element_inputs(node_feats, node_attrs, self.correlation > 1) if shared is None else shared
+        for element, nodes, features, pairs in inputs:
             lower_weights: List[torch.Tensor] = []  # orders correlation-1 down to 1
             for weights in self.weights:
                 lower_weights.append(weights[element])

@@ -5,6 +5,7 @@ below; the reference here forms every monomial x_{i1} ... x_{inu} explicitly and
 it with U^(nu) and the element's weights, one order at a time. Values and the first and
 second derivatives (what the force loss differentiates) must agree.
 """
+import pickle
 from typing import List
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 import mace  # noqa: F401  (lets e3nn 0.4.4 load its constants under torch >= 2.6)
 from e3nn import o3
 
-from mace.modules.symmetric_contraction import Contraction
+from mace.modules.symmetric_contraction import Contraction, SymmetricContraction
 
 IRREPS_IN = o3.Irreps("3x0e+3x1o+3x2e")
 ELEMENTS = 3
@@ -63,3 +64,25 @@ def test_values_and_two_derivatives_match_the_definition(correlation: int, irrep
     torch.testing.assert_close(gradients[0], gradients[1], rtol=0, atol=1e-10)
     second = [torch.autograd.grad((g**2).sum(), contraction.weights_max, retain_graph=True)[0] for g in gradients]
     torch.testing.assert_close(second[0], second[1], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("correlation", [1, 3])
+def test_the_output_irreps_share_their_inputs_and_give_what_each_gives_alone(correlation: int) -> None:
+    torch.manual_seed(0)
+    product = SymmetricContraction(IRREPS_IN, o3.Irreps("1x0e + 1x1o"), correlation, ELEMENTS).double()
+    feats, attrs = _node_inputs()
+    alone = torch.cat([contraction(feats, attrs) for contraction in product.contractions], dim=-1)
+    torch.testing.assert_close(product(feats, attrs), alone, rtol=0, atol=1e-12)
+
+
+def test_a_product_unpickled_without_its_order_takes_it_from_its_contractions() -> None:
+    """Files of upstream, and ours from before, keep the correlation only in each Contraction."""
+    product = SymmetricContraction(IRREPS_IN, o3.Irreps("1x0e"), 2, ELEMENTS).double()
+    state = dict(product.__dict__)
+    del state["correlation"]
+    restored = pickle.loads(pickle.dumps(product))
+    restored.__dict__.clear()
+    restored.__setstate__(state)
+    feats, attrs = _node_inputs()
+    assert restored.correlation == 2
+    torch.testing.assert_close(restored(feats, attrs), product(feats, attrs), rtol=0, atol=0)
