@@ -37,10 +37,12 @@ class SymmetricContraction(torch.nn.Module):
         )
 
     def __setstate__(self, state: dict) -> None:
-        """Files of upstream, and ours from before, keep the order only in each contraction."""
+        """Files of upstream, and ours from before, keep the order only in each contraction
+        (which a fine-tuned file may hold wrapped in an adapter): one coupling basis per order."""
         super().__setstate__(state)
         if "correlation" not in self.__dict__:
-            self.correlation = self.contractions[0].correlation
+            names = [name.rpartition(".")[2] for name, _ in self.contractions[0].named_buffers()]
+            self.correlation = sum(name.startswith("U_matrix_") for name in names)
 
     def forward(self, node_feats: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
         """The output irreps share what only depends on the nodes: each element's nodes, their

@@ -6,7 +6,7 @@ it with U^(nu) and the element's weights, one order at a time. Values and the fi
 second derivatives (what the force loss differentiates) must agree.
 """
 import pickle
-from typing import List
+from typing import List, Optional
 
 import pytest
 import torch
@@ -14,6 +14,7 @@ import torch
 import mace  # noqa: F401  (lets e3nn 0.4.4 load its constants under torch >= 2.6)
 from e3nn import o3
 
+from mace.adapters import inject_adapters
 from mace.modules.symmetric_contraction import Contraction, SymmetricContraction
 
 IRREPS_IN = o3.Irreps("3x0e+3x1o+3x2e")
@@ -75,9 +76,16 @@ def test_the_output_irreps_share_their_inputs_and_give_what_each_gives_alone(cor
     torch.testing.assert_close(product(feats, attrs), alone, rtol=0, atol=1e-12)
 
 
-def test_a_product_unpickled_without_its_order_takes_it_from_its_contractions() -> None:
-    """Files of upstream, and ours from before, keep the correlation only in each Contraction."""
+@pytest.mark.parametrize("adapter", [None, "elora"])
+def test_a_product_unpickled_without_its_order_takes_it_from_its_contractions(adapter: Optional[str]) -> None:
+    """Files of upstream, and ours from before, keep the correlation only in each Contraction;
+    fine-tuned files hold the contractions wrapped in their adapter."""
     product = SymmetricContraction(IRREPS_IN, o3.Irreps("1x0e"), 2, ELEMENTS).double()
+    if adapter is not None:
+        wrapped = torch.nn.Sequential()
+        wrapped.symmetric_contractions = product
+        inject_adapters(wrapped, adapter)
+        assert not isinstance(product.contractions[0], Contraction)
     state = dict(product.__dict__)
     del state["correlation"]
     restored = pickle.loads(pickle.dumps(product))
