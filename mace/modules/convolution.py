@@ -82,13 +82,18 @@ def _no_layout() -> ChannelwiseLayout:
     return ChannelwiseLayout(0, [], torch.zeros(0, 0, dtype=torch.float64), empty, empty, empty)
 
 
+def _output_dim(tp: o3.TensorProduct, path: int) -> int:
+    """Components of the output irrep that ``path`` writes."""
+    return tp.irreps_out[tp.instructions[path].i_out].ir.dim
+
+
 def _group_coupling(tp: o3.TensorProduct, block: int, paths: List[int]) -> torch.Tensor:
     """[dim of the harmonics, K, Q] for the paths of one input block: Q = d columns (the
     block's components), or one per path when d = 1 (the weights enter with the features)."""
     in2 = _offsets(tp.irreps_in2)
     ir1 = tp.irreps_in1[block].ir
     per_path = ir1.dim == 1
-    components = sum(tp.irreps_out[tp.instructions[path].i_out].ir.dim for path in paths)
+    components = sum(_output_dim(tp, path) for path in paths)
     coupling = torch.zeros(tp.irreps_in2.dim, components, len(paths) if per_path else ir1.dim, dtype=torch.float64)
     row = 0
     for column, path in enumerate(paths):
@@ -120,13 +125,11 @@ def channelwise_layout(tp: o3.TensorProduct) -> ChannelwiseLayout:
             continue
         coupling = _group_coupling(tp, block, paths)
         components, columns = coupling.shape[1], coupling.shape[2]
-        indices = paths if ir1.dim == 1 else [
-            path for path in paths for _ in range(tp.irreps_out[tp.instructions[path].i_out].ir.dim)
-        ]
+        indices = paths if ir1.dim == 1 else [path for path in paths for _ in range(_output_dim(tp, path))]
         groups.append([components, columns, in1[block], ir1.dim, offset, len(weight_index), len(indices)])
         for path in paths:
             first_component_of_output[tp.instructions[path].i_out] = components_before
-            components_before += tp.irreps_out[tp.instructions[path].i_out].ir.dim
+            components_before += _output_dim(tp, path)
         couplings.append(coupling.reshape(tp.irreps_in2.dim, -1))
         weight_index.extend(indices)
         offset += components * columns
