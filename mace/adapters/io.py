@@ -96,8 +96,9 @@ def _settings(method: str, values: Optional[Dict[str, Any]]) -> AdapterConfig:
     settings_class = METHODS[method].settings_class
     if settings_class is None or values is None:
         return None
+    older_meaning = getattr(settings_class, "absent_from_old_files", {})
     try:
-        return settings_class(**values)
+        return settings_class(**{**older_meaning, **values})
     except (TypeError, ValueError) as error:
         raise UserInputError(f"Adapter settings {values!r} are not valid for method {method!r}: {error}") from None
 

@@ -73,6 +73,7 @@ class MMEALinear(torch.nn.Module):
         self.base = base
         copy_irreps_attributes(base, self)
         self.phi = config.phi
+        self.input_norm = config.input_norm == "layer"
         self.input_scalars = [
             (start, mul) for start, mul, ir in _block_slices(base.irreps_in) if ir == SCALAR
         ]
@@ -93,9 +94,16 @@ class MMEALinear(torch.nn.Module):
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
         self.output_blocks = [_output_block(block) for block in self.output_blocks]
+        if "input_norm" not in state:  # model files written before the option read raw invariants
+            self.input_norm = False
 
     def _invariants(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x[..., start : start + mul] for start, mul in self.input_scalars], dim=-1)
+        """The scalar inputs the gate MLP reads, normalised over their channels per node
+        unless ``input_norm`` is off (a single channel would normalise to zero: left raw)."""
+        scalars = torch.cat([x[..., start : start + mul] for start, mul in self.input_scalars], dim=-1)
+        if self.input_norm and scalars.shape[-1] > 1:
+            return torch.nn.functional.layer_norm(scalars, [scalars.shape[-1]])
+        return scalars
 
     def _gate_factors(self, hidden: torch.Tensor) -> Optional[torch.Tensor]:
         if self.to_gates is None:

@@ -15,7 +15,7 @@ from mace.adapters.mmea import MMEALinear
 from .conftest import energies_forces, make_batch, max_difference, perturb_trainable
 
 ADAPTERS = [
-    ("mmea", MMEAConfig(rank=4, init="zero", phi="exp")),
+    ("mmea", MMEAConfig(rank=4, init="zero", phi="exp", input_norm="none")),
     ("mmea", MMEAConfig(rank=4, std=0.01)),
     ("elora", ELoRAConfig(rank=4, alpha=8.0)),
     ("lora", LoRAConfig(rank=4, alpha=2.0)),
@@ -63,6 +63,49 @@ def test_mmea_gate_form_scales_each_channel_by_phi_of_s(phi, gate):
     assert torch.equal(y[:, :2], expected[:, :2])  # zero scalar branch
     scaled = expected[:, 2:].reshape(5, 2, 3) * gate(s)[None, :, None]
     assert torch.allclose(y[:, 2:], scaled.reshape(5, 6), atol=1e-14)
+
+
+def _gated_layer(input_norm: str) -> MMEALinear:
+    """An MMEA layer on '3x0e+2x1o' inputs whose gates and shifts both read the invariants."""
+    torch.manual_seed(0)
+    base = o3.Linear("3x0e+2x1o", "2x0e+2x1o").to(torch.float64)
+    layer = MMEALinear(base, MMEAConfig(rank=4, input_norm=input_norm))
+    with torch.no_grad():
+        layer.to_gates.weight.normal_()
+    return layer
+
+
+def test_mmea_gate_mlp_reads_invariants_normalised_per_node():
+    layer, raw = _gated_layer("layer"), _gated_layer("none")
+    x = torch.randn(6, 9, dtype=torch.float64) * 3.0 + 1.0
+    scalars = x[:, :3]
+    normalised = (scalars - scalars.mean(-1, keepdim=True)) / torch.sqrt(scalars.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    assert torch.allclose(layer._invariants(x), normalised, atol=1e-12)
+    assert torch.equal(raw._invariants(x), scalars)
+    hidden = torch.nn.functional.silu(layer.to_hidden(normalised))
+    y, expected = layer(x), layer.base(x)
+    assert torch.allclose(y[:, :2], expected[:, :2] + layer.to_scalars(hidden), atol=1e-12)
+    gates = 1.0 + layer.to_gates(hidden)
+    assert torch.allclose(y[:, 2:], (expected[:, 2:].reshape(6, 2, 3) * gates[:, :, None]).reshape(6, 6), atol=1e-12)
+    assert not torch.allclose(raw(x), y)
+
+
+def test_mmea_layer_of_an_older_model_file_reads_raw_invariants():
+    """Model files written before ``input_norm`` existed unpickle without it."""
+    layer, raw = _gated_layer("layer"), _gated_layer("none")
+    state = dict(layer.__dict__)
+    del state["input_norm"]
+    older = MMEALinear.__new__(MMEALinear)
+    older.__setstate__(state)
+    x = torch.randn(4, 9, dtype=torch.float64)
+    assert older.input_norm is False and torch.equal(older(x), raw(x))
+
+
+def test_mmea_single_invariant_is_left_raw():
+    base = o3.Linear("1x0e+2x1o", "2x1o").to(torch.float64)
+    layer = MMEALinear(base, MMEAConfig(rank=4))
+    x = torch.randn(3, 7, dtype=torch.float64)
+    assert torch.equal(layer._invariants(x), x[:, :1])
 
 
 @pytest.mark.parametrize("method, settings", ADAPTERS)

@@ -6,7 +6,7 @@ import torch
 
 from mace.adapters import ELoRAConfig, LoRAConfig, MMEAConfig, count_trainable, inject_adapters
 from mace.adapters.elora import LowRankUpdate
-from mace.adapters.io import load_adapted_model, save_adapter
+from mace.adapters.io import _settings, load_adapted_model, save_adapter
 from mace.cli import apply_adapter
 from mace.modules.loading import load_model
 from mace.core.errors import UserInputError
@@ -74,3 +74,11 @@ def test_apply_adapter_cli_writes_the_fine_tuned_model(
     assert any(isinstance(m, LowRankUpdate) for m in written.modules()) != merge
     batch = make_batch(model, acac_frames)
     assert max_difference(energies_forces(model, batch), energies_forces(written, batch)) < 1e-10
+
+
+def test_adapter_file_settings_without_input_norm_mean_raw_invariants():
+    """Adapter files written before ``input_norm`` existed rebuild the gates they trained."""
+    older = {"rank": 4, "std": 0.001, "init": None, "phi": "res", "lora_rank": 16, "lora_alpha": 16.0}
+    assert _settings("mmea", older).input_norm == "none"
+    assert _settings("mmea", {**older, "input_norm": "layer"}).input_norm == "layer"
+    assert _settings("elora", {"rank": 4, "alpha": 8.0}) == ELoRAConfig(rank=4, alpha=8.0)
