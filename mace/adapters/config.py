@@ -49,6 +49,12 @@ def knobs(settings_class: type) -> Iterator[Tuple[str, Any, Knob]]:
         yield item.name, item.default, item.metadata["knob"]
 
 
+def older_meaning(settings_class: type) -> Dict[str, Any]:
+    """field name -> the value that a record without that field (an adapter file or checkpoint
+    written before the field existed) meant; empty for classes whose fields all date back."""
+    return dict(getattr(settings_class, "absent_from_old_files", {}))
+
+
 def check_settings(settings: Any) -> None:
     """Every field against its knob's choices and check (ValueError naming the field)."""
     for name, _, knob in knobs(type(settings)):
@@ -123,7 +129,7 @@ class MMEAConfig:
     layers, so raw ('none', the reference code) they leave the gate MLP's SiLU in its linear
     part in some layers and not others. On aspirin it lowered the final validation loss by 5%
     on average over three seeds (benchmarks/README.md). Adapter files written before it lack
-    the field and mean 'none' (:attr:`absent_from_old_files`).
+    the field and mean 'none' (:func:`older_meaning`).
     """
 
     absent_from_old_files: ClassVar[Dict[str, Any]] = {"input_norm": "none"}

@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 
 from mace.adapters import METHODS, AdapterConfig, inject_adapters, train_readouts
+from mace.adapters.config import older_meaning
 from mace.modules.loading import load_model
 from mace.modules.heads import expand_heads, foundation_head_index, select_head
 from mace.modules.models import MACE, model_heads
@@ -96,9 +97,8 @@ def _settings(method: str, values: Optional[Dict[str, Any]]) -> AdapterConfig:
     settings_class = METHODS[method].settings_class
     if settings_class is None or values is None:
         return None
-    older_meaning = getattr(settings_class, "absent_from_old_files", {})
     try:
-        return settings_class(**{**older_meaning, **values})
+        return settings_class(**{**older_meaning(settings_class), **values})
     except (TypeError, ValueError) as error:
         raise UserInputError(f"Adapter settings {values!r} are not valid for method {method!r}: {error}") from None
 

@@ -7,7 +7,7 @@ UserInputError that names the flag or variable at fault.
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from mace.adapters.config import Knob, knobs
+from mace.adapters.config import Knob, knobs, older_meaning
 from mace.adapters.registry import FINETUNING_DEFAULT, METHODS, NO_ADAPTER
 from mace.core.errors import UserInputError
 
@@ -24,6 +24,14 @@ class AdapterSettings:
         if self.config is None:
             return {"adapter": self.method}
         return {"adapter": self.method, **{knob.flag: getattr(self.config, name) for name, _, knob in knobs(type(self.config))}}
+
+    def older_record(self) -> Dict[str, Any]:
+        """What a record (a checkpoint's) written before one of these settings existed meant
+        for it, under the flag names: a restart compares against that, not against nothing."""
+        if self.config is None:
+            return {}
+        meanings = older_meaning(type(self.config))
+        return {knob.flag: meanings[name] for name, _, knob in knobs(type(self.config)) if name in meanings}
 
 
 def _env_text(environ: Mapping[str, str], name: Optional[str]) -> Optional[str]:

@@ -551,7 +551,11 @@ def train_and_save(args: argparse.Namespace, argv: Sequence[str], paths: RunPath
     if replay_requested(args):
         apply_replay_settings(args)
     run_settings = {**defining_settings(args), "world_size": place.world_size}
-    checkpoint = checkpoint_to_resume(checkpoints, run_settings, device) if args.restart_latest else None
+    checkpoint = (
+        checkpoint_to_resume(checkpoints, run_settings, device, args.adapter_settings.older_record())
+        if args.restart_latest
+        else None
+    )
     heads = run_heads(args)
     datasets = heads[-1].datasets
     # Resolved (downloaded, its hash recorded or checked) once: the adapter files name it too.

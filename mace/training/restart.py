@@ -24,9 +24,13 @@ from mace.training.train import Trainer
 Resumable = Tuple[Path, Dict[str, Any]]
 
 
-def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> List[str]:
-    """'--flag=saved (now current)' for every setting that changed; flags the checkpoint
-    does not know (added by a later version) are not compared."""
+def settings_differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], older_meanings: Optional[Mapping[str, Any]] = None
+) -> List[str]:
+    """'--flag=saved (now current)' for every setting that changed. A flag the checkpoint
+    does not know (added by a later version) is compared with what its absence meant
+    (``older_meanings``), where that is known, else not compared."""
+    saved = {**(older_meanings or {}), **saved}
     return [
         f"--{flag}={saved[flag]!r} (now {value!r})"
         for flag, value in current.items()
@@ -53,8 +57,11 @@ def newest_readable_checkpoint(checkpoints: CheckpointHandler, device: torch.dev
     return None
 
 
-def check_same_run(path: Path, state: Mapping[str, Any], current: Mapping[str, Any]) -> None:
-    """Refuse (UserInputError) to resume from a checkpoint of a run with other settings."""
+def check_same_run(
+    path: Path, state: Mapping[str, Any], current: Mapping[str, Any], older_meanings: Optional[Mapping[str, Any]] = None
+) -> None:
+    """Refuse (UserInputError) to resume from a checkpoint of a run with other settings;
+    ``older_meanings``: what flags a checkpoint lacks meant (:func:`settings_differences`)."""
     saved = state.get("run_settings")
     if saved is None:
         logging.warning(
@@ -62,7 +69,7 @@ def check_same_run(path: Path, state: Mapping[str, Any], current: Mapping[str, A
             "checked, and the shuffling order restarts from --seed", path,
         )
         return
-    differences = settings_differences(saved, current)
+    differences = settings_differences(saved, current, older_meanings)
     if differences:
         raise UserInputError(
             f"--restart_latest: checkpoint '{path}' was written with other settings: "
@@ -72,15 +79,18 @@ def check_same_run(path: Path, state: Mapping[str, Any], current: Mapping[str, A
 
 
 def checkpoint_to_resume(
-    checkpoints: CheckpointHandler, settings: Mapping[str, Any], device: torch.device
+    checkpoints: CheckpointHandler,
+    settings: Mapping[str, Any],
+    device: torch.device,
+    older_meanings: Optional[Mapping[str, Any]] = None,
 ) -> Optional[Resumable]:
-    """The checkpoint --restart_latest continues from, checked to belong to this run; None
-    when there is none yet (the run starts from scratch)."""
+    """The checkpoint --restart_latest continues from, checked to belong to this run
+    (:func:`check_same_run`); None when there is none yet (the run starts from scratch)."""
     found = newest_readable_checkpoint(checkpoints, device)
     if found is None:
         logging.info("--restart_latest: no checkpoint of this run yet, starting from scratch")
         return None
-    check_same_run(*found, settings)
+    check_same_run(*found, settings, older_meanings)
     return found
 
 
