@@ -121,12 +121,16 @@ def _has_internal_weight(module: torch.nn.Module) -> bool:
     return module.internal_weights and module.weight_numel > 0
 
 
-def _nonlinear_targets(model: torch.nn.Module, config: ELoRAConfig) -> List[Tuple[str, LowRankUpdate]]:
-    """Wrappers for the weights that both ELoRA and MMEA update with low-rank factors."""
+def _nonlinear_targets(
+    model: torch.nn.Module, config: ELoRAConfig, tensor_products: bool
+) -> List[Tuple[str, LowRankUpdate]]:
+    """Wrappers for the weights that both ELoRA and MMEA update with low-rank factors
+    (the weighted tensor products, the skip_tp self-connections, only if ``tensor_products``)."""
     targets: List[Tuple[str, LowRankUpdate]] = []
     for path, module in model.named_modules():
         if isinstance(module, o3.TensorProduct) and _has_internal_weight(module):
-            targets.append((path, PathLowRank(module, tensor_product_blocks(module), config)))
+            if tensor_products:
+                targets.append((path, PathLowRank(module, tensor_product_blocks(module), config)))
         elif isinstance(module, e3nn_nn.FullyConnectedNet):
             targets.extend(
                 (f"{path}.{name}", PathLowRank(layer, [tuple(layer.weight.shape)], config))
@@ -176,10 +180,11 @@ def train_shared_extras(model: torch.nn.Module) -> None:
                 weights.requires_grad_(True)
 
 
-def inject_nonlinear_low_rank(model: MACE, config: ELoRAConfig) -> None:
-    """Freeze ``model``, add low-rank updates to all weights except the o3.Linear ones."""
+def inject_nonlinear_low_rank(model: MACE, config: ELoRAConfig, tensor_products: bool = True) -> None:
+    """Freeze ``model``, add low-rank updates to all weights except the o3.Linear ones (and
+    except the weighted tensor products unless ``tensor_products``)."""
     freeze(model)
-    _install(model, _nonlinear_targets(model, config))
+    _install(model, _nonlinear_targets(model, config, tensor_products))
     train_shared_extras(model)
 
 

@@ -146,8 +146,9 @@ def mmea_banner(rank: int) -> str:
 
 
 def inject_mmea(model: MACE, config: MMEAConfig) -> MACE:
-    """Adapt ``model`` in place: MMEA gates on every o3.Linear, ELoRA updates elsewhere."""
-    inject_nonlinear_low_rank(model, config.lora)
+    """Adapt ``model`` in place: MMEA gates on every o3.Linear, ELoRA updates elsewhere (on
+    the skip_tp tensor products only with ``config.skip_tp == 'low_rank'``)."""
+    inject_nonlinear_low_rank(model, config.lora, tensor_products=config.skip_tp == "low_rank")
     linears = [(path, m) for path, m in model.named_modules() if isinstance(m, o3.Linear)]
     for path, linear in linears:
         if _has_scalar_input(linear):

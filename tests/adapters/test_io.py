@@ -76,9 +76,12 @@ def test_apply_adapter_cli_writes_the_fine_tuned_model(
     assert max_difference(energies_forces(model, batch), energies_forces(written, batch)) < 1e-10
 
 
-def test_adapter_file_settings_without_input_norm_mean_raw_invariants():
-    """Adapter files written before ``input_norm`` existed rebuild the gates they trained."""
+def test_adapter_file_settings_older_than_a_field_mean_what_was_trained():
+    """Adapter files written before ``input_norm`` (``skip_tp``) existed rebuild the gates on
+    raw invariants (the skip_tp updates) they trained."""
     older = {"rank": 4, "std": 0.001, "init": None, "phi": "res", "lora_rank": 16, "lora_alpha": 16.0}
     assert _settings("mmea", older).input_norm == "none"
-    assert _settings("mmea", {**older, "input_norm": "layer"}).input_norm == "layer"
+    assert _settings("mmea", older).skip_tp == "low_rank"
+    newer = _settings("mmea", {**older, "input_norm": "layer", "skip_tp": "frozen"})
+    assert (newer.input_norm, newer.skip_tp) == ("layer", "frozen")
     assert _settings("elora", {"rank": 4, "alpha": 8.0}) == ELoRAConfig(rank=4, alpha=8.0)

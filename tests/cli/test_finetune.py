@@ -102,16 +102,18 @@ def test_mmea_keeps_foundation_weights_bitwise(shared_dir: Path, workdir: Path) 
     assert finetune(shared_dir, "frozen", []) == 0
     finetuned = load_model(workdir / "frozen.model", dtype=torch.float64).state_dict()
     foundation = restrict_to_elements(load_model(shared_dir / FOUNDATION, dtype=torch.float64), [1, 6, 8])
-    compared = 0
+    compared = skip_tps = 0
     for name, value in foundation.state_dict().items():
-        if name.endswith("weights_max") or ".weights." in name or "conv_tp_weights" in name or "skip_tp" in name:
+        if name.endswith("weights_max") or ".weights." in name or "conv_tp_weights" in name:
             continue
         wrapped = name.replace("linear.weight", "linear.base.weight").replace("linear_up.weight", "linear_up.base.weight")
         wrapped = wrapped.replace("linear_1.weight", "linear_1.base.weight").replace("linear_2.weight", "linear_2.base.weight")
         if name.endswith(".weight") and wrapped in finetuned:
             assert torch.equal(finetuned[wrapped], value), name
             compared += 1
+            skip_tps += "skip_tp" in name
     assert compared >= 8
+    assert skip_tps == 2  # frozen by default (--mmea_skip_tp), as plain tensor products
 
 
 @pytest.mark.usefixtures("float64_default")

@@ -48,14 +48,22 @@ def test_the_adapter_settings_are_compared_after_the_environment(monkeypatch: py
 
 
 def test_a_checkpoint_older_than_an_adapter_setting_is_compared_with_what_its_absence_meant(tmp_path: Path) -> None:
-    """Checkpoints of MMEA runs from before --mmea_input_norm trained gates on raw invariants."""
+    """Checkpoints of MMEA runs from before --mmea_input_norm trained gates on raw invariants
+    (and, before --mmea_skip_tp, low-rank updates of the skip_tp tensor products)."""
     args = parse_args(FLAGS + ["--foundation_model=f.model"])
     older = args.adapter_settings.older_record()
-    assert older == {"mmea_input_norm": "none"}
+    assert older == {"mmea_input_norm": "none", "mmea_skip_tp": "low_rank"}
     saved = {"run_settings": {k: v for k, v in defining_settings(args).items() if k != "mmea_input_norm"}}
     with pytest.raises(UserInputError, match=r"--mmea_input_norm='none' \(now 'layer'\)"):
         check_same_run(tmp_path / "c.pt", saved, defining_settings(args), older)
     check_same_run(tmp_path / "c.pt", saved, settings("--foundation_model=f.model", "--mmea_input_norm=none"), older)
+    saved = {"run_settings": {k: v for k, v in saved["run_settings"].items() if k != "mmea_skip_tp"}}
+    with pytest.raises(UserInputError, match=r"--mmea_skip_tp='low_rank' \(now 'frozen'\)"):
+        check_same_run(tmp_path / "c.pt", saved, settings("--foundation_model=f.model", "--mmea_input_norm=none"), older)
+    check_same_run(
+        tmp_path / "c.pt", saved,
+        settings("--foundation_model=f.model", "--mmea_input_norm=none", "--mmea_skip_tp=low_rank"), older,
+    )
 
 
 def test_upstreams_lora_switch_is_recorded_as_the_lora_method() -> None:
