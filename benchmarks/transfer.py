@@ -104,8 +104,8 @@ VARIANTS: Dict[str, Variant] = {
     "mmea": Variant("MMEA, this package's defaults", "mmea"),
     "mmea-reference": Variant(
         "MMEA, the reference code's settings", "mmea",
-        ("--mmea_phi=exp", "--mmea_init=default", "--mmea_input_norm=none", "--mmea_skip_tp=low_rank",
-         "--swa_reset_optimizer=False", "--swa_warmup_epochs=0"),
+        ("--mmea_phi=exp", "--mmea_init=default", "--mmea_input_norm=none", "--swa_reset_optimizer=False",
+         "--swa_warmup_epochs=0"),
     ),
     "elora": Variant("ELoRA, this package's defaults", "elora"),
     "none": Variant("full fine-tuning, this package's defaults", "none"),

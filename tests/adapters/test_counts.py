@@ -71,13 +71,13 @@ def off23_hco() -> torch.nn.Module:
 @pytest.mark.parametrize(
     "method, settings, expected",
     [
-        ("mmea", MMEAConfig(rank=16, skip_tp="low_rank"), 151_354),
+        ("mmea", MMEAConfig(rank=16), 151_354),
         ("elora", ELoRAConfig(rank=16), 175_880),
-        ("mmea", MMEAConfig(rank=32, skip_tp="low_rank"), 201_258),
-        # the default leaves skip_tp frozen: less its low-rank factors, 384 x 16 + 16 x 128 per
-        # path, four paths (l = 0..3) in the first block and one (0e) in the second: 40,960
-        ("mmea", MMEAConfig(rank=16), 151_354 - 40_960),
-        ("mmea", MMEAConfig(rank=32), 201_258 - 40_960),
+        ("mmea", MMEAConfig(rank=32), 201_258),
+        # skip_tp frozen: less its low-rank factors, 384 x 16 + 16 x 128 per path, four paths
+        # (l = 0..3) in the first block and one (0e) in the second: 40,960
+        ("mmea", MMEAConfig(rank=16, skip_tp="frozen"), 151_354 - 40_960),
+        ("mmea", MMEAConfig(rank=32, skip_tp="frozen"), 201_258 - 40_960),
         ("none", None, 751_896),
         ("lora", LoRAConfig(), 29_396),  # upstream's rule (below), no reference run on this model
     ],
@@ -103,8 +103,8 @@ def rmd17_hco() -> torch.nn.Module:
     "method, settings, expected",
     [
         ("lora", LoRAConfig(rank=4, alpha=1.0), 16_340),
-        ("mmea", MMEAConfig(rank=16, skip_tp="low_rank"), 72_378),
-        ("mmea", MMEAConfig(rank=16), 72_378 - 2 * (192 * 16 + 16 * 64)),  # skip_tp frozen: two paths
+        ("mmea", MMEAConfig(rank=16), 72_378),
+        ("mmea", MMEAConfig(rank=16, skip_tp="frozen"), 72_378 - 2 * (192 * 16 + 16 * 64)),  # two paths
         ("elora", ELoRAConfig(rank=16, alpha=16.0), 84_552),
         ("none", None, 204_440),
     ],
@@ -133,8 +133,9 @@ def test_table_names_the_adapted_modules(off23_hco):
     rows = dict(trainable_parameter_table(inject_adapters(copy.deepcopy(off23_hco), "mmea")))
     assert rows["node_embedding.linear"] == 2_240
     assert rows["interactions.1.linear"] == 12_816
-    assert not any("skip_tp" in path for path in rows)  # frozen by default
-    reference = dict(trainable_parameter_table(
-        inject_adapters(copy.deepcopy(off23_hco), "mmea", MMEAConfig(skip_tp="low_rank"))))
-    assert reference["interactions.0.skip_tp"] == 32_768
+    assert rows["interactions.0.skip_tp"] == 32_768
+    frozen = dict(trainable_parameter_table(
+        inject_adapters(copy.deepcopy(off23_hco), "mmea", MMEAConfig(skip_tp="frozen"))))
+    assert not any("skip_tp" in path for path in frozen)
+    assert {path: count for path, count in rows.items() if "skip_tp" not in path} == frozen
     assert rows["radial_embedding.bessel_fn"] == 8

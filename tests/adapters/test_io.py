@@ -26,8 +26,8 @@ def _fine_tuned(model, method, settings):
 
 @pytest.mark.parametrize(
     "method, settings",
-    [("mmea", MMEAConfig(rank=4, phi="exp")), ("elora", ELoRAConfig(rank=4)),
-     ("lora", LoRAConfig(rank=2, alpha=3.0)), ("none", None)],
+    [("mmea", MMEAConfig(rank=4, phi="exp")), ("mmea", MMEAConfig(rank=4, skip_tp="frozen")),
+     ("elora", ELoRAConfig(rank=4)), ("lora", LoRAConfig(rank=2, alpha=3.0)), ("none", None)],
 )
 def test_round_trip_predicts_identically(small_hco, acac_frames, tmp_path, method, settings):
     model = _fine_tuned(small_hco, method, settings)

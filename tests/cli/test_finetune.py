@@ -107,13 +107,14 @@ def test_mmea_keeps_foundation_weights_bitwise(shared_dir: Path, workdir: Path) 
         if name.endswith("weights_max") or ".weights." in name or "conv_tp_weights" in name:
             continue
         wrapped = name.replace("linear.weight", "linear.base.weight").replace("linear_up.weight", "linear_up.base.weight")
+        wrapped = wrapped.replace("skip_tp.weight", "skip_tp.base.weight")
         wrapped = wrapped.replace("linear_1.weight", "linear_1.base.weight").replace("linear_2.weight", "linear_2.base.weight")
         if name.endswith(".weight") and wrapped in finetuned:
             assert torch.equal(finetuned[wrapped], value), name
             compared += 1
             skip_tps += "skip_tp" in name
     assert compared >= 8
-    assert skip_tps == 2  # frozen by default (--mmea_skip_tp), as plain tensor products
+    assert skip_tps == 2  # the bases under their low-rank updates
 
 
 @pytest.mark.usefixtures("float64_default")

@@ -58,12 +58,12 @@ def test_a_checkpoint_older_than_an_adapter_setting_is_compared_with_what_its_ab
         check_same_run(tmp_path / "c.pt", saved, defining_settings(args), older)
     check_same_run(tmp_path / "c.pt", saved, settings("--foundation_model=f.model", "--mmea_input_norm=none"), older)
     saved = {"run_settings": {k: v for k, v in saved["run_settings"].items() if k != "mmea_skip_tp"}}
+    check_same_run(tmp_path / "c.pt", saved, settings("--foundation_model=f.model", "--mmea_input_norm=none"), older)
     with pytest.raises(UserInputError, match=r"--mmea_skip_tp='low_rank' \(now 'frozen'\)"):
-        check_same_run(tmp_path / "c.pt", saved, settings("--foundation_model=f.model", "--mmea_input_norm=none"), older)
-    check_same_run(
-        tmp_path / "c.pt", saved,
-        settings("--foundation_model=f.model", "--mmea_input_norm=none", "--mmea_skip_tp=low_rank"), older,
-    )
+        check_same_run(
+            tmp_path / "c.pt", saved,
+            settings("--foundation_model=f.model", "--mmea_input_norm=none", "--mmea_skip_tp=frozen"), older,
+        )
 
 
 def test_upstreams_lora_switch_is_recorded_as_the_lora_method() -> None:
