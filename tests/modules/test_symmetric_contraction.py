@@ -94,3 +94,43 @@ def test_a_product_unpickled_without_its_order_takes_it_from_its_contractions(ad
     feats, attrs = _node_inputs()
     assert restored.correlation == 2
     torch.testing.assert_close(restored(feats, attrs), product(feats, attrs), rtol=0, atol=0)
+
+
+def _mixed_basis_state(contraction: Contraction) -> dict:
+    """The contraction's state with every basis given in another choice of basis vectors (an
+    invertible mix of its parameters), as another writer may have chosen them."""
+    generator = torch.Generator().manual_seed(5)
+    state = contraction.state_dict()
+    for name in [name for name in state if name.startswith("U_matrix_")]:
+        basis = state[name]
+        mix = torch.eye(basis.shape[-1], dtype=basis.dtype) + 0.3 * torch.randn(
+            basis.shape[-1], basis.shape[-1], generator=generator, dtype=basis.dtype
+        )
+        state[name] = basis @ mix
+    return state
+
+
+def test_loaded_bases_replace_the_entries_the_weights_are_contracted_with() -> None:
+    torch.manual_seed(0)
+    contraction = Contraction(IRREPS_IN, o3.Irreps("1x1o"), 3, ELEMENTS).double()
+    state = _mixed_basis_state(contraction)
+    assert not torch.equal(state["U_matrix_3"], contraction.U_matrix_3)
+    contraction.load_state_dict(state)
+    feats, attrs = _node_inputs()
+    torch.testing.assert_close(contraction(feats, attrs), _by_definition(contraction, feats, attrs), rtol=0, atol=1e-10)
+
+
+def test_an_unpickled_contraction_derives_its_nonzero_entries_again() -> None:
+    """A file's own copy of the derived entries is not trusted: out-of-range rows must not
+    reach ``index_add``, and entries of another basis must not be used."""
+    torch.manual_seed(0)
+    contraction = Contraction(IRREPS_IN, o3.Irreps("1x0e"), 3, ELEMENTS).double()
+    feats, attrs = _node_inputs()
+    expected = contraction(feats, attrs)
+    state = dict(pickle.loads(pickle.dumps(contraction)).__dict__)
+    state["_buffers"] = dict(state["_buffers"])
+    state["_buffers"]["U_rows_3"] = torch.full_like(contraction.U_rows_3, 10**9)
+    state["_buffers"]["U_values_2"] = torch.zeros_like(contraction.U_values_2)
+    restored = Contraction.__new__(Contraction)
+    restored.__setstate__(state)
+    torch.testing.assert_close(restored(feats, attrs), expected, rtol=0, atol=0)
