@@ -6,7 +6,9 @@ For every channel c and output irrep L it forms the polynomial
 where z is the node's element, x[c, :] all irrep components of channel c and U^(nu) a basis
 of equivariant symmetric couplings (``mace.modules.coupling``). It is evaluated Horner
 style from the highest order down, the two highest orders together in one contraction with
-the products of pairs of components.
+the products x_b x_i (b <= i) and x_b of each node's components: x_b x_i = x_i x_b, so the
+coefficients of (b, i) and (i, b) are summed into one column, which nearly halves that
+contraction against one over every ordered pair.
 
 The weights are contracted into the bases at every step (they change while training) from
 the bases' nonzero entries alone: the highest-order basis of a max_L 3 model's 1o output is
@@ -56,9 +58,32 @@ class SymmetricContraction(torch.nn.Module):
         return torch.cat([contraction(node_feats, node_attrs, shared) for contraction in self.contractions], dim=-1)
 
 
-# Per element present: (element, its nodes, their features [channels, n, dim], the products
-# x_b * [x_i, 1] of pairs of components [channels, n, dim * (dim + 1)], empty for correlation 1).
+# Per element present: (element, its nodes, their features [channels, n, dim], their products
+# of pairs (:func:`pair_products`), empty for correlation 1).
 ElementInputs = List[Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def num_pair_columns(dim: int) -> int:
+    """Columns of :func:`pair_products`: the products x_b x_i with b <= i, then x_b."""
+    return dim * (dim + 1) // 2 + dim
+
+
+def pair_products(features: torch.Tensor) -> torch.Tensor:
+    """[..., dim] -> [..., num_pair_columns(dim)]: x_b x_i for the pairs b <= i in the order of
+    ``torch.triu_indices``, then the components x_b themselves."""
+    dim = features.shape[-1]
+    pairs = torch.triu_indices(dim, dim, device=features.device)
+    return torch.cat([features.index_select(-1, pairs[0]) * features.index_select(-1, pairs[1]), features], dim=-1)
+
+
+def _pair_column_of(dim: int) -> torch.Tensor:
+    """[dim, dim]: the column of :func:`pair_products` that holds x_b x_i (symmetric)."""
+    pairs = torch.triu_indices(dim, dim)
+    columns = torch.zeros(dim, dim, dtype=torch.long)
+    positions = torch.arange(pairs.shape[1])
+    columns[pairs[0], pairs[1]] = positions
+    columns[pairs[1], pairs[0]] = positions
+    return columns
 
 
 def element_inputs(node_feats: torch.Tensor, node_attrs: torch.Tensor, with_pairs: bool) -> ElementInputs:
@@ -70,16 +95,13 @@ def element_inputs(node_feats: torch.Tensor, node_attrs: torch.Tensor, with_pair
         nodes = torch.nonzero(node_attrs[:, element]).flatten()
         features = node_feats[nodes].transpose(0, 1)
         num_channels, num_nodes, dim = features.shape[0], features.shape[1], features.shape[2]
-        pairs = features.new_zeros(0)
-        if with_pairs:
-            with_one = torch.nn.functional.pad(features, (0, 1), value=1.0)
-            pairs = (features.unsqueeze(-1) * with_one.unsqueeze(-2)).reshape(num_channels, num_nodes, dim * (dim + 1))
+        pairs = pair_products(features) if with_pairs else features.new_zeros(0)
         inputs.append((element, nodes, features, pairs))
     return inputs
 
 
-# A coupling basis flattened to [rows, n_params], as its nonzero entries: (their rows, their
-# parameter indices, their values, the number of rows).
+# A coupling basis as its nonzero entries: (their rows in the layout the contraction reads,
+# their parameter indices, their values, the number of rows of that layout).
 SparseBasis = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]
 
 
@@ -90,7 +112,8 @@ class Contraction(torch.nn.Module):
     highest order's element-dependent weights [n_elements, n_params, channels] and
     ``weights[j]`` those of order correlation-1-j. The nonzero entries of each basis are
     kept as buffers ``U_rows_{nu}``, ``U_params_{nu}`` and ``U_values_{nu}``, derived from it
-    and left out of the state dict.
+    and left out of the state dict; the rows of the two highest orders are those of their
+    fused layout [leading indices, pair columns] (:meth:`_fused_rows`).
     """
 
     def __init__(
@@ -130,16 +153,35 @@ class Contraction(torch.nn.Module):
         self._prepare_sparse_bases()
 
     def _prepare_sparse_bases(self) -> None:
-        """The nonzero entries of every basis buffer, as buffers left out of the state dict."""
-        for name, basis in list(self._buffers.items()):
-            if not name.startswith("U_matrix_") or basis is None:
-                continue
-            nu = name[len("U_matrix_") :]
+        """The nonzero entries of every basis buffer, as buffers left out of the state dict,
+        and the number of rows of each order's layout (``sparse_num_rows``)."""
+        orders = sum(name.startswith("U_matrix_") for name in self._buffers)
+        self.sparse_num_rows: List[int] = []
+        for nu in range(1, orders + 1):
+            basis = self._buffers[f"U_matrix_{nu}"]
             flat = basis.reshape(-1, basis.shape[-1])
             rows, params = torch.nonzero(flat, as_tuple=True)
+            values = flat[rows, params]
+            num_rows = flat.shape[0]
+            if orders >= 2 and nu >= orders - 1:
+                rows, num_rows = self._fused_rows(rows, nu == orders, basis.shape[-2], flat.shape[0])
             self.register_buffer(f"U_rows_{nu}", rows, persistent=False)
             self.register_buffer(f"U_params_{nu}", params, persistent=False)
-            self.register_buffer(f"U_values_{nu}", flat[rows, params], persistent=False)
+            self.register_buffer(f"U_values_{nu}", values, persistent=False)
+            self.sparse_num_rows.append(num_rows)
+
+    @staticmethod
+    def _fused_rows(rows: torch.Tensor, highest: bool, dim: int, num_rows: int) -> Tuple[torch.Tensor, int]:
+        """Rows of the highest order's flat basis [leading, b, i] or of the next one's
+        [leading, b] in the fused layout [leading, num_pair_columns(dim)], and its row count."""
+        trailing = dim * dim if highest else dim
+        leading = rows // trailing
+        if highest:
+            columns = _pair_column_of(dim).to(rows.device)[(rows // dim) % dim, rows % dim]
+        else:
+            columns = dim * (dim + 1) // 2 + rows % dim
+        width = num_pair_columns(dim)
+        return leading * width + columns, num_rows // trailing * width
 
     def coupling_matrix(self, nu: int) -> torch.Tensor:
         """The coupling basis of order ``nu``, the buffer ``U_matrix_{nu}``."""
@@ -148,9 +190,8 @@ class Contraction(torch.nn.Module):
     def sparse_basis(self, nu: int) -> SparseBasis:
         """The nonzero entries of the basis of order ``nu`` (see :data:`SparseBasis`)."""
         buffers = dict(self.named_buffers())
-        basis = buffers[f"U_matrix_{nu}"]
-        num_rows = basis.numel() // basis.shape[-1]
-        return buffers[f"U_rows_{nu}"], buffers[f"U_params_{nu}"], buffers[f"U_values_{nu}"], num_rows
+        rows, params, values = buffers[f"U_rows_{nu}"], buffers[f"U_params_{nu}"], buffers[f"U_values_{nu}"]
+        return rows, params, values, self.sparse_num_rows[nu - 1]
 
     def forward(
         self, node_feats: torch.Tensor, node_attrs: torch.Tensor, shared: Optional[ElementInputs] = None
@@ -192,18 +233,18 @@ class Contraction(torch.nn.Module):
         highest first.
 
         The two highest orders are contracted with the node features in one batched matrix
-        product over channels, against the products x_b * [x_i, 1] of each node; only the
-        lower orders are left to Horner steps. Contracting one feature at a time instead
-        makes a matrix-vector product per (channel, node): thousands of tiny products, and
-        as many again in each derivative the force loss takes.
+        product over channels, against the pair products of each node; only the lower orders
+        are left to Horner steps. Contracting one feature at a time instead makes a
+        matrix-vector product per (channel, node): thousands of tiny products, and as many
+        again in each derivative the force loss takes.
         """
         num_channels, num_nodes, dim = features.shape[0], features.shape[1], features.shape[2]
         if len(lower_weights) == 0:
-            result = torch.bmm(features, Contraction._coupled(bases[-1], highest_weights, dim).transpose(1, 2))
+            coupled = Contraction._coupled([bases[-1]], [highest_weights]).view(num_channels, -1, dim)
+            result = torch.bmm(features, coupled.transpose(1, 2))
             return result.transpose(0, 1).reshape(num_nodes, -1)
-        highest = Contraction._coupled(bases[-1], highest_weights, dim * dim).view(num_channels, -1, dim, dim)
-        second = Contraction._coupled(bases[-2], lower_weights[0], dim).unsqueeze(-1)
-        coupled = torch.cat([highest, second], dim=3).view(num_channels, -1, dim * (dim + 1)).transpose(1, 2)
+        fused = Contraction._coupled([bases[-1], bases[-2]], [highest_weights, lower_weights[0]])
+        coupled = fused.view(num_channels, -1, pairs.shape[-1]).transpose(1, 2)
         if len(lower_weights) == 1:
             result = torch.bmm(pairs, coupled)
         else:
@@ -215,14 +256,13 @@ class Contraction(torch.nn.Module):
         return result.transpose(0, 1).reshape(num_nodes, -1)
 
     @staticmethod
-    def _coupled(basis: SparseBasis, weights: torch.Tensor, width: int) -> torch.Tensor:
-        """The basis of one order with the element's weights [n_params, channels] contracted
-        in: [channels, rows, width], ``width`` the trailing feature indices it is still to be
-        contracted with."""
-        rows, params, values, num_rows = basis
-        num_channels = weights.shape[1]
-        entries = weights.T.index_select(1, params) * values
-        return weights.new_zeros(num_channels, num_rows).index_add(1, rows, entries).view(num_channels, -1, width)
+    def _coupled(bases: List[SparseBasis], weights: List[torch.Tensor]) -> torch.Tensor:
+        """Bases of one layout with the element's weights of their orders ([n_params, channels]
+        each) contracted in and summed: [channels, rows]."""
+        coupled = weights[0].new_zeros(weights[0].shape[1], bases[0][3])
+        for (rows, params, values, _), order_weights in zip(bases, weights):
+            coupled = coupled.index_add(1, rows, order_weights.T.index_select(1, params) * values)
+        return coupled
 
     @staticmethod
     def _contract(result: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -233,4 +273,4 @@ class Contraction(torch.nn.Module):
     @staticmethod
     def _coefficients(basis: SparseBasis, weights: torch.Tensor) -> torch.Tensor:
         """Order-nu term U_nu w_nu[element], shaped [channels, 1, rest] to broadcast over nodes."""
-        return Contraction._coupled(basis, weights, 1).transpose(1, 2)
+        return Contraction._coupled([basis], [weights]).unsqueeze(1)
