@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py [--upstream_python /path/to/upstream-venv/bin/python]
                                [--shapes NAME ...] [--threads 1] [--steps 10]
+                               [--cli_epochs 4 [--cli_models NAME ...]]
 
 Every measurement runs in a fresh child process (so its peak RSS is its own) on one batch of
 five aspirin frames: a training step is the forward pass with forces (graph kept for the
@@ -16,11 +17,12 @@ medium architecture (128 channels, written by upstream's own constructor when it
 environment is given, else by ours) in float32; and the two upstream 0.3.16 conformance
 foundations (MP-0-style residual blocks; density blocks with ZBL and Agnesi).
 
-``--cli_epochs`` also times whole ``run_train`` commands on the shared foundation (the
-anchors' aspirin flags: 50 training and 50 validation frames, batches of 5, validation every
-2 epochs, EMA), once for 1 epoch and once for 1 + N epochs, in float64 and float32: the
-difference over N is the cost of one epoch at the command line, with validation, logging and
-checkpoints, and without the start-up and final evaluation both commands pay. The tables go
+``--cli_epochs`` also times whole ``run_train`` commands fine-tuning each of ``--cli_models``
+(default: the shared foundation and the two conformance foundations; the anchors' aspirin
+flags: 50 training and 50 validation frames, batches of 5, validation every 2 epochs, EMA),
+once for 1 epoch and once for 1 + N epochs, in float64 and float32: the difference over N
+is the cost of one epoch at the command line, with validation, logging and checkpoints, and
+without the start-up and final evaluation both commands pay. The tables go
 to ``benchmarks/results/speed/SPEED.md`` (and ``results.json``) and are printed.
 """
 import argparse
@@ -209,14 +211,20 @@ def measure_shape(shape: Shape, upstream_python: Optional[str], threads: int, st
     return rows
 
 
-# The anchors' aspirin command (../shared/docs/anchors.md) without SWA and test file.
+# The foundation files run_train fine-tunes in the command-line timing.
+CLI_MODELS = {
+    "foundation-c64": FOUNDATION,
+    **{f"{name}-v0316": CONFORMANCE / f"{name}_v0316.model" for name in ("mpres", "densityzbl")},
+}
+# The anchors' aspirin command (../shared/docs/anchors.md) without SWA and test file; the
+# foundation is added per model.
 CLI_FLAGS = [
     "--name=speed", "--seed=123", f"--train_file={FRAMES}", "--valid_fraction=0.5", "--energy_key=REF_energy",
     "--forces_key=REF_forces", "--device=cpu", "--loss=ef", "--lr=0.005", "--forces_weight=1000",
     "--energy_weight=1", "--weight_decay=1e-8", "--clip_grad=100", "--batch_size=5", "--valid_batch_size=5",
     "--scheduler_patience=5", "--ema", "--ema_decay=0.995", "--E0s=average", "--error_table=TotalMAE",
     "--save_cpu", "--eval_interval=2", "--model=MACE", "--num_interactions=2", "--num_channels=64",
-    "--max_L=1", "--correlation=3", "--r_max=5.0", f"--foundation_model={FOUNDATION}",
+    "--max_L=1", "--correlation=3", "--r_max=5.0",
 ]
 # Upstream 0.3.16 fine-tunes a foundation with replay heads unless told not to.
 UPSTREAM_CLI_FLAGS = ["--multiheads_finetuning=False"]
@@ -235,24 +243,29 @@ def run_train_seconds(python: str, flags: List[str], threads: int) -> float:
     return seconds
 
 
-def measure_cli_epochs(code: str, python: str, method: str, dtype: str, epochs: int, threads: int) -> Dict:
-    """Seconds per epoch of run_train: (wall of 1 + epochs) - (wall of 1 epoch), over epochs."""
-    flags = CLI_FLAGS + [f"--default_dtype={dtype}"]
+def measure_cli_epochs(
+    code: str, python: str, model: str, method: str, dtype: str, epochs: int, threads: int
+) -> Dict:
+    """Seconds per epoch of run_train fine-tuning ``model`` (a name of CLI_MODELS):
+    (wall of 1 + epochs) - (wall of 1 epoch), over epochs."""
+    flags = CLI_FLAGS + [f"--foundation_model={CLI_MODELS[model]}", f"--default_dtype={dtype}"]
     flags += UPSTREAM_CLI_FLAGS if code == "upstream" else [f"--adapter={method}"]
     one = run_train_seconds(python, flags + ["--max_num_epochs=1"], threads)
     more = run_train_seconds(python, flags + [f"--max_num_epochs={1 + epochs}"], threads)
-    row = {"dtype": dtype, "method": method, "code": code, "epoch_s": (more - one) / epochs, "startup_s": one}
-    print(f"run_train {dtype:8s} {method:5s} {code:8s} {row['epoch_s']:.2f} s/epoch", flush=True)
+    row = {"model": model, "dtype": dtype, "method": method, "code": code, "epoch_s": (more - one) / epochs,
+           "startup_s": one}
+    print(f"run_train {model:18s} {dtype:8s} {method:5s} {code:8s} {row['epoch_s']:.2f} s/epoch", flush=True)
     return row
 
 
-def measure_cli(upstream_python: Optional[str], epochs: int, threads: int) -> List[Dict]:
+def measure_cli(upstream_python: Optional[str], models: List[str], epochs: int, threads: int) -> List[Dict]:
     rows = []
-    for dtype in CLI_DTYPES:
-        for method in ("none", "mmea"):
-            rows.append(measure_cli_epochs("ours", sys.executable, method, dtype, epochs, threads))
-        if upstream_python:
-            rows.append(measure_cli_epochs("upstream", upstream_python, "none", dtype, epochs, threads))
+    for model in models:
+        for dtype in CLI_DTYPES:
+            for method in ("none", "mmea"):
+                rows.append(measure_cli_epochs("ours", sys.executable, model, method, dtype, epochs, threads))
+            if upstream_python:
+                rows.append(measure_cli_epochs("upstream", upstream_python, model, "none", dtype, epochs, threads))
     return rows
 
 
@@ -264,13 +277,15 @@ def cli_report(rows: List[Dict], epochs: int) -> List[str]:
         "",
         f"## run_train: seconds per epoch (wall of {1 + epochs} epochs minus wall of 1, over {epochs})",
         "",
-        "| dtype | ours, full | upstream, full | ours / upstream | ours, MMEA | MMEA / our full |",
-        "|---|---|---|---|---|---|",
+        "| foundation | dtype | ours, full | upstream, full | ours / upstream | ours, MMEA | MMEA / our full |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for dtype in CLI_DTYPES:
-        pick = {(r["code"], r["method"]): r["epoch_s"] for r in rows if r["dtype"] == dtype}
-        full, theirs, mmea = pick.get(("ours", "none")), pick.get(("upstream", "none")), pick.get(("ours", "mmea"))
-        lines.append(f"| {dtype} | {fmt(full, 2)} | {fmt(theirs, 2)} | {ratio(full, theirs)} | {fmt(mmea, 2)} | {ratio(mmea, full)} |")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for dtype in CLI_DTYPES:
+            pick = {(r["code"], r["method"]): r["epoch_s"] for r in rows if (r["model"], r["dtype"]) == (model, dtype)}
+            full, theirs, mmea = pick.get(("ours", "none")), pick.get(("upstream", "none")), pick.get(("ours", "mmea"))
+            lines.append(f"| {model} | {dtype} | {fmt(full, 2)} | {fmt(theirs, 2)} | {ratio(full, theirs)} | "
+                         f"{fmt(mmea, 2)} | {ratio(mmea, full)} |")
     return lines
 
 
@@ -350,6 +365,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--cli_epochs", type=int, default=0,
                         help="also time run_train per epoch over this many epochs (0: skip)")
+    parser.add_argument("--cli_models", nargs="*", default=None,
+                        help=f"foundations run_train fine-tunes for --cli_epochs (default: those of {list(CLI_MODELS)} present)")
     parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -359,6 +376,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     unknown = [name for name in args.shapes or [] if name not in known]
     if unknown:
         parser.error(f"unknown shapes {unknown}; known: {list(known)}")
+    unknown_models = [name for name in args.cli_models or [] if name not in CLI_MODELS]
+    if unknown_models:
+        parser.error(f"unknown --cli_models {unknown_models}; known: {list(CLI_MODELS)}")
+    cli_models = [name for name in args.cli_models or CLI_MODELS if CLI_MODELS[name].is_file()]
     if not FRAMES.is_file():
         parser.error(f"{FRAMES} is missing: run python repro_data/fetch.py")
     off23_writer = build_off23(known["off23-c128-f32"].path, args.upstream_python, args.threads)
@@ -366,7 +387,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows: List[Dict] = []
     for name in names:
         rows += measure_shape(known[name], args.upstream_python, args.threads, args.steps)
-    cli_rows = measure_cli(args.upstream_python, args.cli_epochs, args.threads) if args.cli_epochs else []
+    cli_rows = measure_cli(args.upstream_python, cli_models, args.cli_epochs, args.threads) if args.cli_epochs else []
     settings = {
         "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),

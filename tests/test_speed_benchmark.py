@@ -34,15 +34,17 @@ def test_the_report_divides_ours_by_upstream_and_adapters_by_full() -> None:
 
 def test_the_command_line_table_divides_seconds_per_epoch() -> None:
     cli_rows = [
-        {"dtype": "float64", "method": "none", "code": "ours", "epoch_s": 3.0, "startup_s": 9.0},
-        {"dtype": "float64", "method": "mmea", "code": "ours", "epoch_s": 2.4, "startup_s": 9.0},
-        {"dtype": "float64", "method": "none", "code": "upstream", "epoch_s": 6.0, "startup_s": 20.0},
+        {"model": "f", "dtype": "float64", "method": "none", "code": "ours", "epoch_s": 3.0, "startup_s": 9.0},
+        {"model": "f", "dtype": "float64", "method": "mmea", "code": "ours", "epoch_s": 2.4, "startup_s": 9.0},
+        {"model": "f", "dtype": "float64", "method": "none", "code": "upstream", "epoch_s": 6.0, "startup_s": 20.0},
+        {"model": "g", "dtype": "float32", "method": "none", "code": "ours", "epoch_s": 1.0, "startup_s": 9.0},
     ]
     text = speed.report([], [], {"when": "now", "command": "c", "machine": "x", "threads": 1, "steps": 3,
                                  "upstream": "u", "off23_writer": "ours", "cli_epochs": 3}, cli_rows)
     assert "wall of 4 epochs minus wall of 1, over 3" in text
-    assert "| float64 | 3.00 | 6.00 | 0.50 | 2.40 | 0.80 |" in text
-    assert "| float32 | - | - | - | - | - |" in text
+    assert "| f | float64 | 3.00 | 6.00 | 0.50 | 2.40 | 0.80 |" in text
+    assert "| f | float32 | - | - | - | - | - |" in text
+    assert "| g | float32 | 1.00 | - | - | - | - |" in text
 
 
 def test_run_train_is_timed_per_epoch_from_two_real_commands(monkeypatch) -> None:
@@ -54,7 +56,8 @@ def test_run_train_is_timed_per_epoch_from_two_real_commands(monkeypatch) -> Non
         return walls[flags[-1]]
 
     monkeypatch.setattr(speed, "run_train_seconds", fake_seconds)
-    row = speed.measure_cli_epochs("upstream", "python", "none", "float32", 3, 1)
-    assert row["epoch_s"] == pytest.approx(3.0) and row["startup_s"] == 10.0
+    row = speed.measure_cli_epochs("upstream", "python", "mpres-v0316", "none", "float32", 3, 1)
+    assert row["epoch_s"] == pytest.approx(3.0) and row["startup_s"] == 10.0 and row["model"] == "mpres-v0316"
     assert all("--multiheads_finetuning=False" in flags and "--default_dtype=float32" in flags for flags in seen)
+    assert all(f"--foundation_model={speed.CLI_MODELS['mpres-v0316']}" in flags for flags in seen)
     assert not any(flag.startswith("--adapter") for flags in seen for flag in flags)
