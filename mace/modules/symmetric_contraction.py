@@ -11,8 +11,8 @@ coefficients of (b, i) and (i, b) are summed into one column, which nearly halve
 contraction against one over every ordered pair.
 
 The weights are contracted into the bases at every step (they change while training) from
-the bases' nonzero entries alone: the highest-order basis of a max_L 3 model's 1o output is
-0.5% nonzero, so a dense product over it spent most of its time on zeros and was the
+the bases' nonzero entries alone: the highest-order basis of a max_ell 3 model's 1o output
+is 0.5% nonzero, so a dense product over it spent most of its time on zeros and was the
 largest cost of a training step that does not grow with the batch.
 """
 from typing import List, Optional, Tuple
@@ -94,7 +94,6 @@ def element_inputs(node_feats: torch.Tensor, node_attrs: torch.Tensor, with_pair
     for element in elements:
         nodes = torch.nonzero(node_attrs[:, element]).flatten()
         features = node_feats[nodes].transpose(0, 1)
-        num_channels, num_nodes, dim = features.shape[0], features.shape[1], features.shape[2]
         pairs = pair_products(features) if with_pairs else features.new_zeros(0)
         inputs.append((element, nodes, features, pairs))
     return inputs
@@ -176,11 +175,11 @@ class Contraction(torch.nn.Module):
         [leading, b] in the fused layout [leading, num_pair_columns(dim)], and its row count."""
         trailing = dim * dim if highest else dim
         leading = rows // trailing
+        width = num_pair_columns(dim)
         if highest:
             columns = _pair_column_of(dim).to(rows.device)[(rows // dim) % dim, rows % dim]
         else:
-            columns = dim * (dim + 1) // 2 + rows % dim
-        width = num_pair_columns(dim)
+            columns = width - dim + rows % dim  # the column of x_b
         return leading * width + columns, num_rows // trailing * width
 
     def coupling_matrix(self, nu: int) -> torch.Tensor:
