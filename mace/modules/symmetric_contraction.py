@@ -146,9 +146,18 @@ class Contraction(torch.nn.Module):
         super().__setstate__(state)
         self._prepare_sparse_bases()
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: List[str],
+        unexpected_keys: List[str],
+        error_msgs: List[str],
+    ) -> None:
         """Loaded bases (another writer's choice of basis) replace the nonzero entries too."""
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         self._prepare_sparse_bases()
 
     def _prepare_sparse_bases(self) -> None:
