@@ -15,7 +15,7 @@ the bases' nonzero entries alone: the highest-order basis of a max_ell 3 model's
 is 0.5% nonzero, so a dense product over it spent most of its time on zeros and was the
 largest cost of a training step that does not grow with the batch.
 """
-from typing import List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import torch
 from e3nn import o3
@@ -48,14 +48,18 @@ class SymmetricContraction(torch.nn.Module):
         (which a fine-tuned file may hold wrapped in an adapter): one coupling basis per order."""
         super().__setstate__(state)
         if "correlation" not in self.__dict__:
-            names = [name.rpartition(".")[2] for name, _ in self.contractions[0].named_buffers()]
-            self.correlation = sum(name.startswith("U_matrix_") for name in names)
+            self.correlation = basis_orders(name.rpartition(".")[2] for name, _ in self.contractions[0].named_buffers())
 
     def forward(self, node_feats: torch.Tensor, node_attrs: torch.Tensor) -> torch.Tensor:
         """The output irreps share what only depends on the nodes: each element's nodes, their
         features and the products of pairs of components, with their derivatives."""
         shared = element_inputs(node_feats, node_attrs, self.correlation > 1)
         return torch.cat([contraction(node_feats, node_attrs, shared) for contraction in self.contractions], dim=-1)
+
+
+def basis_orders(buffer_names: Iterable[str]) -> int:
+    """The correlation order of a contraction: its number of coupling bases ``U_matrix_{nu}``."""
+    return sum(name.startswith("U_matrix_") for name in buffer_names)
 
 
 # Per element present: (element, its nodes, their features [channels, n, dim], their products
@@ -162,8 +166,11 @@ class Contraction(torch.nn.Module):
 
     def _prepare_sparse_bases(self) -> None:
         """The nonzero entries of every basis buffer, as buffers left out of the state dict,
-        and the number of rows of each order's layout (``sparse_num_rows``)."""
-        orders = sum(name.startswith("U_matrix_") for name in self._buffers)
+        the number of rows of each order's layout (``sparse_num_rows``) and the output irrep's
+        dimension (``num_outputs``, 2L+1)."""
+        orders = basis_orders(self._buffers)
+        first = self._buffers["U_matrix_1"]
+        self.num_outputs = first.shape[0] if first.dim() == 3 else 1  # L = 0 drops the output axis
         self.sparse_num_rows: List[int] = []
         for nu in range(1, orders + 1):
             basis = self._buffers[f"U_matrix_{nu}"]
@@ -195,11 +202,14 @@ class Contraction(torch.nn.Module):
         """The coupling basis of order ``nu``, the buffer ``U_matrix_{nu}``."""
         return dict(self.named_buffers())[f"U_matrix_{nu}"]
 
-    def sparse_basis(self, nu: int) -> SparseBasis:
-        """The nonzero entries of the basis of order ``nu`` (see :data:`SparseBasis`)."""
+    def sparse_bases(self) -> List[SparseBasis]:
+        """The nonzero entries of the bases of orders 1..correlation (see :data:`SparseBasis`)."""
         buffers = dict(self.named_buffers())
-        rows, params, values = buffers[f"U_rows_{nu}"], buffers[f"U_params_{nu}"], buffers[f"U_values_{nu}"]
-        return rows, params, values, self.sparse_num_rows[nu - 1]
+        bases: List[SparseBasis] = []
+        for nu in range(1, self.correlation + 1):
+            rows, params, values = buffers[f"U_rows_{nu}"], buffers[f"U_params_{nu}"], buffers[f"U_values_{nu}"]
+            bases.append((rows, params, values, self.sparse_num_rows[nu - 1]))
+        return bases
 
     def forward(
         self, node_feats: torch.Tensor, node_attrs: torch.Tensor, shared: Optional[ElementInputs] = None
@@ -212,8 +222,8 @@ class Contraction(torch.nn.Module):
         the coupling basis (no per-node copies of weights or coefficients).
         """
         num_nodes, num_channels = node_feats.shape[0], node_feats.shape[1]
-        bases = [self.sparse_basis(nu) for nu in range(1, self.correlation + 1)]
-        result = node_feats.new_zeros(num_nodes, num_channels * self._output_dim(self.coupling_matrix(1)))
+        bases = self.sparse_bases()
+        result = node_feats.new_zeros(num_nodes, num_channels * self.num_outputs)
         inputs = element_inputs(node_feats, node_attrs, self.correlation > 1) if shared is None else shared
         for element, nodes, features, pairs in inputs:
             lower_weights: List[torch.Tensor] = []  # orders correlation-1 down to 1
@@ -222,10 +232,6 @@ class Contraction(torch.nn.Module):
             polynomial = self._element_polynomial(features, pairs, bases, self.weights_max[element], lower_weights)
             result = result.index_add(0, nodes, polynomial * node_attrs[nodes, element].unsqueeze(-1))
         return result
-
-    @staticmethod
-    def _output_dim(basis: torch.Tensor) -> int:
-        return basis.shape[0] if basis.dim() == 3 else 1
 
     @staticmethod
     def _element_polynomial(
